@@ -1,0 +1,37 @@
+"""Consistency-model parameterisation and guidance conditioning used by LCM (Luo et al. 2023)."""
+import torch
+
+from fastgen.core.diffusion import append_dims
+
+
+def lcm_boundary_scalings(t, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
+    """(c_skip, c_out) of the consistency boundary condition (Song et al. 2023, eq. 7; LCM, Sec. 4.1):
+    c_skip = σ_d²/((s·t)² + σ_d²), c_out = s·t/sqrt((s·t)² + σ_d²), so c_skip(0) = 1, c_out(0) = 0.
+    As diffusers' ``scalings_for_boundary_conditions``. Returned as float32 tensors shaped like t."""
+    scaled = torch.as_tensor(t).to(torch.float32) * timestep_scaling
+    denom = scaled**2 + sigma_data**2
+    return sigma_data**2 / denom, scaled / denom.sqrt()
+
+
+def consistency_output(
+    x_t: torch.Tensor, x0_hat: torch.Tensor, t, sigma_data: float = 0.5, timestep_scaling: float = 10.0
+) -> torch.Tensor:
+    """f_θ(x_t, t) = c_skip(t)·x_t + c_out(t)·x̂_0(x_t, t) (LCM, eq. 9)."""
+    c_skip, c_out = lcm_boundary_scalings(t, sigma_data, timestep_scaling)
+    c_skip = append_dims(c_skip.to(x_t.device, x_t.dtype), x_t.ndim)
+    c_out = append_dims(c_out.to(x_t.device, x_t.dtype), x_t.ndim)
+    return c_skip * x_t + c_out * x0_hat
+
+
+def guidance_scale_embedding(w: torch.Tensor, dim: int = 256) -> torch.Tensor:
+    """Sinusoidal embedding of 1000·w, [B] -> [B, dim] float32 (LCM's ω-conditioning; VDM's
+    timestep embedding), identical to diffusers' ``get_guidance_scale_embedding``."""
+    w = torch.as_tensor(w)
+    if w.ndim != 1:
+        raise ValueError(f"guidance scales must be a 1-D tensor [B], got shape {tuple(w.shape)}")
+    half = dim // 2
+    step = torch.log(torch.tensor(10000.0, device=w.device)) / (half - 1)  # float32, bit-identical to diffusers
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -step)
+    args = (w * 1000.0).to(torch.float32)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return torch.nn.functional.pad(emb, (0, dim % 2))
