@@ -1,0 +1,129 @@
+"""Image-text folder in the Hugging Face `imagefolder` layout, as a text-to-image data module.
+
+Layout: `root/metadata.jsonl` holds one {"file_name": "<path relative to root>", "text": "<caption>"} per
+line (blank lines skipped); extra keys are ignored. `setup()` validates every line up front (missing folder,
+missing or empty metadata, malformed JSON, missing keys, missing image files: each error names the file
+and line); an image that exists but cannot be decoded is reported, with its file name, when it is loaded.
+
+Preprocessing (as in diffusers' train_text_to_image.py): RGB; shorter side resized to `resolution` (PIL
+bicubic, antialiased); centre crop, or a uniformly random crop when `center_crop=False`; optional random
+horizontal flip; pixels scaled to [-1, 1]. `reference_images` and `ordered_dataloader` always use the
+centre crop without flips, in metadata order.
+"""
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from fastgen.data.errors import DataError
+from fastgen.data.loading import read_jsonl, shuffled_loader, uint8_to_pixels
+from fastgen.data.prompts import sample_prompts
+
+METADATA_FILE = "metadata.jsonl"
+METADATA_KEYS = ("file_name", "text")
+
+
+def read_image_text_metadata(root):
+    """[(image path, caption)] from `root/metadata.jsonl`, validated line by line (see module doc)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root={str(root)!r}: folder does not exist")
+    metadata = root / METADATA_FILE
+    if not metadata.is_file():
+        raise DataError(
+            f"{metadata} is missing: an image-text folder needs one "
+            '{"file_name": "<image path relative to the folder>", "text": "<caption>"} per line'
+        )
+    items = []
+    for lineno, record in read_jsonl(metadata, METADATA_KEYS):
+        image = root / str(record["file_name"])
+        if not image.is_file():
+            raise DataError(f"{metadata} line {lineno}: image {image} does not exist")
+        items.append((image, str(record["text"])))
+    if not items:
+        raise DataError(f"{metadata} is empty: it lists no images")
+    return items
+
+
+def load_image(path, resolution, center_crop=True, flip=False):
+    """uint8 [3, resolution, resolution]: RGB, shorter side resized (bicubic), centre or random crop, flip."""
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from None
+    scale = resolution / min(image.size)
+    width, height = (max(resolution, round(side * scale)) for side in image.size)
+    image = image.resize((width, height), Image.BICUBIC)
+    if center_crop:
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+    else:
+        left, top = (int(torch.randint(extent - resolution + 1, ())) for extent in (width, height))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    return pixels.flip(-1) if flip else pixels
+
+
+class ImageTextDataset(Dataset):
+    """{"image": [3, R, R] in [-1, 1], "prompt": caption} for each (image path, caption) pair, loaded on access."""
+
+    def __init__(self, items, resolution, center_crop=True, random_flip=False):
+        self.items, self.resolution, self.center_crop, self.random_flip = items, resolution, center_crop, random_flip
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path, caption = self.items[i]
+        flip = self.random_flip and bool(torch.rand(()) < 0.5)
+        image = load_image(path, self.resolution, self.center_crop, flip)
+        return {"image": uint8_to_pixels(image), "prompt": caption}
+
+
+class ImageTextFolderDataModule(L.LightningDataModule):
+    """Batches {"image", "prompt"} from an image-text folder, plus the evaluation hooks (name = folder name)."""
+
+    def __init__(self, root, resolution=512, center_crop=True, random_flip=False, batch_size=4, num_workers=0):
+        super().__init__()
+        self.save_hyperparameters()
+        if not isinstance(resolution, int) or resolution < 1:
+            raise DataError(f"data.resolution={resolution!r} must be a positive integer")
+        self.root, self.resolution = Path(root), resolution
+        self.center_crop, self.random_flip = center_crop, random_flip
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.name = self.root.name
+        self.items = None
+
+    def setup(self, stage=None):
+        """Read and validate metadata.jsonl (once)."""
+        if self.items is None:
+            self.items = read_image_text_metadata(self.root)
+
+    def train_dataloader(self):
+        self.setup()
+        dataset = ImageTextDataset(self.items, self.resolution, self.center_crop, self.random_flip)
+        return shuffled_loader(dataset, self.batch_size, self.num_workers)
+
+    def ordered_dataloader(self):
+        """Every image once, in metadata order, centre-cropped and unflipped (for encoding a latent cache)."""
+        self.setup()
+        dataset = ImageTextDataset(self.items, self.resolution)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def reference_images(self, split="train", n=None):
+        """uint8 [N, 3, R, R]: the first `n` images (all if None) in metadata order, centre-cropped."""
+        if split != "train":
+            raise DataError(f"split={split!r}: an image-text folder has a single split, 'train'")
+        self.setup()
+        if n is not None and not 0 < n <= len(self.items):
+            raise DataError(f"asked for n={n} reference images but {self.root} holds {len(self.items)}")
+        return torch.stack([load_image(path, self.resolution) for path, _ in self.items[:n]])
+
+    def eval_prompts(self, n, seed=0):
+        """`n` of the folder's captions in a seeded order (cycling if `n` exceeds the folder)."""
+        self.setup()
+        return sample_prompts([caption for _, caption in self.items], n, seed)
