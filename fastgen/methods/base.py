@@ -1,0 +1,88 @@
+"""`FewStepMethod`: the small contract every fastgen method implements.
+
+A method is a LightningModule that owns a `Backbone` and offers one sampling call,
+`sample(noise, prompts, steps) -> x0` in model space, which is all the evaluation uses. The base
+class adds only what every method shares: training length in images seen (kimg, EDM-style — with
+manual optimisation Lightning's `global_step` counts every optimizer step), an EMA copy of the
+generator, and checkpoints that hold tensors and primitives only, without the frozen parts
+(text encoder, VAE, teacher).
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+
+import lightning as L
+import torch
+from torch import nn
+
+from fastgen.core import ema_update_
+
+FROZEN_PREFIXES = ("backbone.text_encoder.", "backbone.vae.", "teacher_unet.")
+
+
+class FewStepMethod(L.LightningModule):
+    name: str = "method"
+    supported_steps: tuple[int, ...] | None = None  # None: any number of steps
+    guidance_scale: float = 0.0
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("images_seen", torch.zeros((), dtype=torch.long))
+        self.run_config: dict | None = None  # the resolved experiment config, set by fastgen.fit
+
+    # -- the contract the evaluation uses -------------------------------------------------------------
+    @abc.abstractmethod
+    def sample(self, noise: torch.Tensor, prompts: list[str], steps: int, generator: torch.Generator | None = None):
+        """Generate x0 (model space) from Gaussian `noise` [B, C, H, W] conditioned on `prompts` in `steps` steps."""
+
+    def nfe(self, steps: int) -> int:
+        """Network evaluations for `steps` steps (classifier-free guidance counts twice)."""
+        return steps * (2 if self.guidance_scale > 1.0 else 1)
+
+    def check_steps(self, steps: int) -> None:
+        if self.supported_steps is not None and steps not in self.supported_steps:
+            raise ValueError(f"{self.name} samples with {self.supported_steps} steps only (trained for them), got {steps}")
+
+    # -- training length in images -------------------------------------------------------------------
+    @property
+    def kimg(self) -> float:
+        return self.images_seen.item() / 1000.0
+
+    def count_images(self, batch_size: int) -> None:
+        """Add this step's global batch (all ranks) to the images seen; log kimg on the progress bar."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self.images_seen += batch_size * world
+        self.log("kimg", self.kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def log_losses(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log a named loss dict as `train/<key>` (current values on the progress bar)."""
+        self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=True, batch_size=batch_size)
+
+    # -- EMA of the generator only -------------------------------------------------------------------
+    @staticmethod
+    def make_ema(module: nn.Module) -> nn.Module:
+        return copy.deepcopy(module).requires_grad_(False).eval()
+
+    @staticmethod
+    def update_ema(ema: nn.Module, online: nn.Module, decay: float) -> None:
+        ema_update_(list(ema.parameters()), list(online.parameters()), decay)
+
+    # -- checkpoints: tensors and primitives, no frozen parts -----------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        sd = checkpoint["state_dict"]
+        for key in [k for k in sd if k.startswith(FROZEN_PREFIXES)]:
+            del sd[key]
+        if self.run_config is not None:
+            checkpoint["fastgen_config"] = self.run_config
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith(FROZEN_PREFIXES)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"Checkpoint does not match {type(self).__name__}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        return result

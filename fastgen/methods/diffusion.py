@@ -1,0 +1,88 @@
+"""Plain diffusion training (DDPM, Ho et al. 2020, arXiv 2006.11239; eq. 14): trains the teacher.
+
+Objective: E_{x0, t, ε} ‖ε − ε_θ(α_t x0 + σ_t ε, t, c)‖² for an eps-prediction backbone (the target
+follows the backbone's prediction type: ε, v = α_t ε − σ_t x0, or x0). Prompts are replaced by the
+empty prompt with probability `prompt_dropout` so classifier-free guidance works at sampling time
+(Ho & Salimans 2022). An EMA of the UNet is kept and used for sampling and export.
+
+Loss key logged: `diffusion`. Sampling: DPM-Solver++ with CFG on the EMA UNet.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastgen.core import alpha_sigma, q_sample
+from fastgen.methods.base import FewStepMethod
+from fastgen.methods.dpm_solver import dpm_solver_sample
+
+
+class Diffusion(FewStepMethod):
+    name = "diffusion"
+
+    def __init__(
+        self,
+        backbone,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 200,
+        prompt_dropout: float = 0.1,
+        ema_decay: float = 0.999,
+        guidance_scale: float = 2.0,
+        export_dir: str | None = None,
+    ):
+        super().__init__(backbone)
+        self.save_hyperparameters(ignore=["backbone"])
+        self.guidance_scale = guidance_scale
+        self.ema_unet = self.make_ema(backbone.unet)
+
+    def diffusion_target(self, x0, noise, t):
+        kind = self.backbone.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            alpha, sigma = alpha_sigma(self.backbone.alphas_cumprod, t, x0.ndim)
+            return alpha * noise - sigma * x0
+        return x0
+
+    def training_step(self, batch, batch_idx):
+        bb = self.backbone
+        # 1. data in model space; prompts dropped to "" for CFG
+        x0 = bb.batch_to_x0(batch)
+        prompts = [("" if torch.rand(()) < self.hparams.prompt_dropout else p) for p in batch["prompt"]]
+        cond = bb.encode_prompts(prompts)
+        # 2. forward process at a uniform timestep
+        t = torch.randint(0, bb.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = q_sample(x0, t, noise, bb.alphas_cumprod)
+        # 3. regress the backbone's prediction target
+        out = bb.unet(x_t, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(out.float(), self.diffusion_target(x0, noise, t))
+        self.count_images(x0.shape[0])
+        self.log_losses({"diffusion": loss}, x0.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.update_ema(self.ema_unet, self.backbone.unet, self.hparams.ema_decay)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(
+            self.backbone.unet.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+            weight_decay=self.hparams.weight_decay,
+        )
+        warmup = max(1, self.hparams.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def sample(self, noise, prompts, steps, generator=None):
+        return dpm_solver_sample(self.backbone, self.ema_unet, noise, prompts, steps, self.guidance_scale)
+
+    def on_train_end(self):
+        """Export the EMA teacher in the diffusers layout, so distillation runs load it by path."""
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            from fastgen.networks import save_backbone
+
+            save_backbone(self.backbone, self.hparams.export_dir, unet=self.ema_unet)
+            print(f"[fastgen] teacher exported to {self.hparams.export_dir}")
