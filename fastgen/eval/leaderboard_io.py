@@ -1,0 +1,67 @@
+"""Leaderboard CSVs: the shared column names and appends that are safe under concurrent writers.
+
+One row per (run, checkpoint, steps). `COLUMNS` come first in this order so leaderboards from different runs
+and machines merge; extra columns (e.g. kid_std, clip_model) follow. An append takes a file lock
+(`<csv>.lock`), reads the current file, adds the rows, writes everything to a temporary file in the same folder
+and `os.replace`s it into place: a reader never sees a half-written file and no writer loses another's rows.
+"""
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from filelock import FileLock
+
+COLUMNS = (
+    "run_id", "experiment", "method", "backbone", "dataset", "checkpoint", "steps", "nfe", "guidance",
+    "fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "ms_per_image", "images_per_s", "peak_mem_mb",
+    "num_samples", "extractor", "extractor_sha256", "reference", "reference_sha256", "prompts_sha256", "seed",
+    "precision", "device", "git_commit", "timestamp",
+)
+LOCK_TIMEOUT_S = 120
+
+
+def _read(path):
+    if not path.is_file() or path.stat().st_size == 0:
+        return [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _cell(value):
+    return "" if value is None else value
+
+
+def append_rows(csv_path, rows):
+    """Append `rows` (dicts) to the CSV at `csv_path` (created with COLUMNS first), atomically and under a lock."""
+    path = Path(csv_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+        fieldnames, existing = _read(path)
+        columns = list(COLUMNS) + [c for c in fieldnames if c not in COLUMNS]
+        columns += [k for row in rows for k in row if k not in columns]
+        columns = list(dict.fromkeys(columns))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in [*existing, *rows]:
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def read_leaderboard(csv_path):
+    """The leaderboard as a pandas DataFrame (missing COLUMNS added empty)."""
+    import pandas as pd
+
+    path = Path(csv_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"leaderboard {path} does not exist")
+    frame = pd.read_csv(path)
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    return frame

@@ -1,0 +1,97 @@
+"""`MetricSuite`: the metrics one evaluation computes, loaded once, scored per sample, summarised per step count.
+
+Each metric is loaded only if enabled and its weights are found; otherwise its column stays empty (None) and one
+warning names the key to set. Per-sample outputs (Inception features, CLIP / aesthetic scores, digit
+correctness) are what ranks exchange under DDP, so a sharded run summarises exactly the same numbers.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from fastgen.eval import aesthetic, clip_score, digit_classifier, inception
+from fastgen.eval.fid import feature_stats, fid_from_stats, kid_from_features
+from fastgen.eval.reference import reference_stats
+
+METRIC_COLUMNS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy")
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_inception(weights, device):
+    return inception.load_inception(weights, device)
+
+
+@dataclass
+class MetricSuite:
+    settings: object
+    inception: object = None
+    reference: object = None
+    clip: object = None
+    aesthetic: object = None
+    digits: object = None
+
+    @classmethod
+    def load(cls, settings, datamodule, device="cpu"):
+        """Load every enabled metric whose weights are available (reference statistics included)."""
+        suite = cls(settings)
+        if settings.fid.enabled:
+            suite.inception = _cached_inception(settings.fid.weights, str(device))
+        if suite.inception is not None:
+            suite.reference = reference_stats(
+                datamodule, suite.inception, settings.num_samples, settings.cache_dir,
+                split=settings.fid.reference_split, batch_size=settings.batch_size, path=settings.fid.reference,
+            )
+        if settings.clip.enabled:
+            suite.clip = clip_score.load_clip_scorer(settings.clip.model, settings.clip.pretrained, device)
+        if settings.aesthetic.enabled:
+            suite.aesthetic = aesthetic.load_aesthetic_scorer(
+                settings.aesthetic.weights, settings.aesthetic.clip_model, settings.aesthetic.clip_pretrained, device)
+        if settings.prompt_accuracy.enabled:
+            model = digit_classifier.load_classifier(settings.prompt_accuracy.weights).to(device)
+            suite.digits = digit_classifier.PromptAccuracy(model)
+        return suite
+
+    @property
+    def available(self):
+        """Names of the per-sample outputs this suite computes."""
+        loaded = {"inception": self.inception, "clip": self.clip, "aesthetic": self.aesthetic, "digits": self.digits}
+        return [name for name, value in loaded.items() if value is not None]
+
+    @torch.no_grad()
+    def score(self, images, prompts, names=None):
+        """Per-sample outputs of uint8 images [n, C, H, W]: {"inception": [n, 2048], "clip": [n], ...} on CPU."""
+        out = {}
+        for name in names or self.available:
+            if name == "inception":
+                out[name] = self.inception(images.to(next(self.inception.parameters()).device)).cpu()
+            else:
+                out[name] = getattr(self, name)(images, prompts).cpu()
+        return out
+
+    def summarise(self, per_sample):
+        """Metric columns from per-sample outputs of the whole sample set (None where not computed)."""
+        row = dict.fromkeys(METRIC_COLUMNS)
+        if "inception" in per_sample:
+            features = per_sample["inception"]
+            row["fid"] = fid_from_stats(*feature_stats(features), self.reference.mu, self.reference.sigma)
+            generator = torch.Generator().manual_seed(int(self.settings.seed))
+            row["kid"], row["kid_std"] = kid_from_features(
+                self.reference.features, features, self.settings.fid.kid_subsets, self.settings.fid.kid_subset_size,
+                generator)
+        for name, column in (("clip", "clip_score"), ("aesthetic", "aesthetic_score"), ("digits", "prompt_accuracy")):
+            if name in per_sample:
+                row[column] = float(per_sample[name].float().mean())
+        return row
+
+    def fingerprint(self):
+        """The columns that identify the metrics' networks and reference (empty where not computed)."""
+        return {
+            "extractor": self.inception.name if self.inception else "",
+            "extractor_sha256": self.inception.sha256 if self.inception else "",
+            "reference": self.reference.id if self.reference else "",
+            "reference_sha256": self.reference.sha256 if self.reference else "",
+            "clip_model": f"{self.clip.model_name}:{self.clip.weights_id}" if self.clip else "",
+            "aesthetic_sha256": self.aesthetic.weights_sha256 if self.aesthetic else "",
+            "classifier_sha256": self.digits.weights_sha256 if self.digits else "",
+        }

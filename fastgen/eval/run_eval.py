@@ -1,0 +1,181 @@
+"""`run_eval`: evaluate one method at several step counts -> leaderboard rows. The one code path behind the
+`FewStepEval` callback and `python -m fastgen.evaluate`.
+
+For each `steps` in `eval.steps` (skipping those the method does not support):
+  1. generate `eval.num_samples` images in batches of `eval.batch_size`: sample i gets prompt i of the fixed
+     prompt set (`eval.prompts`, else `datamodule.eval_prompts(n, seed)`) and noise drawn from
+     `torch.Generator().manual_seed(eval.seed + i)` on the CPU -- the same prompts and noises for every method,
+     step count, device and sharding (paired comparisons). Stochastic samplers get a generator seeded by
+     `eval.seed + <first index of the batch>`;
+  2. decode (`backbone.decode`) to uint8 pixels, as if saved as PNG; the wall time of 1-2 is the latency;
+  3. score every available metric (metrics.py) and write a sample grid PNG (grids.py).
+Under DDP the sample indices are sharded across ranks, per-sample outputs are gathered in index order (so the
+numbers equal a single process's), and only rank 0 writes files.
+"""
+
+import torch
+
+from fastgen.eval.distributed import gather_in_index_order, is_rank_zero, shard_indices
+from fastgen.eval.fingerprint import device_name, git_commit, module_precision, timestamp
+from fastgen.eval.grids import grid_indices, save_grid
+from fastgen.eval.images import pixels_to_uint8
+from fastgen.eval.latency import LatencyMeter
+from fastgen.eval.leaderboard_io import COLUMNS, append_rows
+from fastgen.eval.metrics import MetricSuite
+from fastgen.eval.settings import eval_settings
+
+
+def method_device(method):
+    """The device a method samples on (LightningModule.device, else its first parameter's)."""
+    device = getattr(method, "device", None)
+    return torch.device(device) if device is not None else next(method.parameters()).device
+
+
+def eval_prompts(datamodule, settings):
+    """The evaluation prompts: the first num_samples of the named prompt set, else the data module's."""
+    if settings.prompts is None:
+        return list(datamodule.eval_prompts(settings.num_samples, seed=settings.seed))
+    from fastgen.data.prompts import load_prompt_set
+
+    return load_prompt_set(settings.prompts, n=settings.num_samples)
+
+
+def eval_noise(indices, shape, seed):
+    """Noise [len(indices), *shape]: sample i from torch.Generator().manual_seed(seed + i) (CPU, float32)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + int(i))) for i in indices])
+
+
+def prompt_order_key(suite):
+    """Grid row order: by digit when prompt accuracy is on (MNIST prompts), else first appearance."""
+    if suite.digits is None:
+        return None
+    from fastgen.data.mnist import label_from_prompt
+
+    return label_from_prompt
+
+
+@torch.no_grad()
+def generate(method, prompts, indices, steps, settings, meter):
+    """uint8 images [len(indices), C, H, W] (CPU) for the given sample indices, timing each batch with `meter`."""
+    device = method_device(method)
+    shape = tuple(method.backbone.sample_shape)
+    images = []
+    for batch in indices.split(settings.batch_size):
+        noise = eval_noise(batch, shape, settings.seed).to(device)
+        batch_prompts = [prompts[i] for i in batch.tolist()]
+        generator = torch.Generator(device).manual_seed(settings.seed + int(batch[0]))
+
+        def sample_and_decode(noise=noise, batch_prompts=batch_prompts, generator=generator):
+            return method.backbone.decode(method.sample(noise, batch_prompts, steps, generator=generator))
+
+        images.append(pixels_to_uint8(meter.time(sample_and_decode, len(batch))).cpu())
+    if settings.latency.enabled and len(indices) and not meter.measured:  # one batch was all warm-up: time it again
+        meter.time(lambda: method.backbone.decode(method.sample(noise, batch_prompts, steps, generator=generator)),
+                   len(batch))
+    return torch.cat(images) if images else torch.empty(0, dtype=torch.uint8)
+
+
+def score_sharded(suite, images, indices, prompts, batch_size, names=None):
+    """Score this rank's images, gather every rank's per-sample outputs in index order, and summarise them."""
+    names = suite.available if names is None else names
+    local = {name: [] for name in names}
+    for start in range(0, len(images), batch_size):
+        batch_prompts = [prompts[i] for i in indices[start:start + batch_size].tolist()]
+        for name, value in suite.score(images[start:start + batch_size], batch_prompts, names).items():
+            local[name].append(value)
+    gathered = {name: gather_in_index_order(indices, torch.cat(values) if values else torch.empty(0))
+                for name, values in local.items()}
+    return suite.summarise(gathered)
+
+
+def gather_grid(images, indices, prompts, order_key):
+    """(grid images in grid order, images per row), gathered from every rank."""
+    chosen, per_row = grid_indices(prompts, order_key=order_key)
+    position = {index: k for k, index in enumerate(chosen)}
+    mine = [j for j, i in enumerate(indices.tolist()) if i in position]
+    order = torch.tensor([position[indices[j].item()] for j in mine], dtype=torch.long)
+    return gather_in_index_order(order, images[mine]), per_row
+
+
+def base_row(settings, prompts, suite, **fields):
+    """A row with every COLUMN, the fingerprint filled in, metrics empty."""
+    from fastgen.data.prompts import prompts_sha256
+
+    row = dict.fromkeys(COLUMNS)
+    row.update(num_samples=settings.num_samples, prompts_sha256=prompts_sha256(prompts), seed=settings.seed,
+               git_commit=git_commit(), timestamp=timestamp(), **suite.fingerprint())
+    row.update(fields)
+    return row
+
+
+def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_id="", checkpoint="",
+             precision=None, grid_tag="", suite=None):
+    """Evaluate `method` at every supported step count in `cfg.steps`; returns one row per step count.
+
+    `cfg` is the `eval` config node (or a dict, or None for defaults). Rows are appended to `cfg.leaderboard`
+    and grids written to `<out_dir>/samples/` by rank 0. `suite` reuses already-loaded metrics.
+    """
+    settings = eval_settings(cfg)
+    prompts = eval_prompts(datamodule, settings)
+    device = method_device(method)
+    suite = suite or MetricSuite.load(settings, datamodule, device)
+    indices = shard_indices(settings.num_samples)
+    was_training = method.training
+    method.eval()
+    rows = []
+    try:
+        for steps in settings.steps:
+            if method.supported_steps is not None and steps not in method.supported_steps:
+                continue
+            meter = LatencyMeter(device, warmup=settings.latency.warmup)
+            images = generate(method, prompts, indices, steps, settings, meter)
+            row = base_row(
+                settings, prompts, suite, run_id=run_id or f"{method.name}-{timestamp()}", experiment=experiment,
+                method=method.name, backbone=getattr(method.backbone, "name", type(method.backbone).__name__),
+                dataset=getattr(datamodule, "name", type(datamodule).__name__), checkpoint=checkpoint, steps=steps,
+                nfe=method.nfe(steps), guidance=float(method.guidance_scale),
+                precision=precision or module_precision(method), device=device_name(device),
+            )
+            row.update(score_sharded(suite, images, indices, prompts, settings.batch_size))
+            if settings.latency.enabled:
+                row.update(meter.results())
+            if settings.grids:
+                grid, per_row = gather_grid(images, indices, prompts, prompt_order_key(suite))
+                if out_dir is not None and is_rank_zero():
+                    name = f"{method.name}-{steps}step{'-' + grid_tag if grid_tag else ''}.png"
+                    row["grid"] = str(save_grid(grid, f"{out_dir}/samples/{name}", per_row))
+            rows.append(row)
+    finally:
+        method.train(was_training)
+    if settings.leaderboard and rows and is_rank_zero():
+        append_rows(settings.leaderboard, rows)
+    return rows
+
+
+def real_data_row(datamodule, cfg=None, *, experiment="", run_id="real_data", suite=None):
+    """The data floor: the first num_samples *training* images scored against the held-out reference.
+
+    FID/KID here are what a perfect generator would get at this sample count (not 0: FID is biased at small N).
+    `prompt_accuracy` is the digit classifier's accuracy on the first num_samples held-out images -- the
+    ceiling of that metric. CLIP and aesthetic scores need captions / are image-only: the aesthetic score of
+    the training images is reported, CLIP score is left empty.
+    """
+    settings = eval_settings(cfg)
+    suite = suite or MetricSuite.load(settings, datamodule)
+    images = datamodule.reference_images(split="train", n=settings.num_samples)
+    indices = shard_indices(settings.num_samples)
+    image_only = [name for name in suite.available if name in ("inception", "aesthetic")]
+    metrics = score_sharded(suite, images[indices], indices, [""] * len(images), settings.batch_size, image_only)
+    if suite.digits is not None:
+        from fastgen.eval.digit_classifier import predict
+
+        pixels, labels = datamodule.train_labelled("heldout")
+        pixels, labels = pixels[:settings.num_samples], labels[:settings.num_samples]
+        metrics["prompt_accuracy"] = float((predict(suite.digits.model, pixels) == labels).float().mean())
+    row = base_row(settings, eval_prompts(datamodule, settings), suite, run_id=run_id, experiment=experiment,
+                   method="real_data", backbone="", dataset=getattr(datamodule, "name", ""), checkpoint="",
+                   steps=None, nfe=0, guidance=0.0, precision="", device="")
+    row.update(metrics)
+    if settings.leaderboard and is_rank_zero():
+        append_rows(settings.leaderboard, [row])
+    return row
