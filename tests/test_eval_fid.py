@@ -6,7 +6,7 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from fastgen.eval.fid import feature_stats, fid_from_stats, kid_from_features
+from fastgen.eval.fid import feature_stats, fid_from_features, fid_from_stats, kid_from_features
 from fastgen.eval.reference import ReferenceMismatchError, load_reference, reference_stats
 
 
@@ -43,6 +43,14 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
     assert fid_from_stats(*stats, *feature_stats(f + 3.0)) == pytest.approx(9.0 * f.shape[1], rel=1e-6)
     noise = feature_stats(torch.randn(64, 16) * 10)
     assert fid_from_stats(*stats, *noise) > 100
+
+
+def test_low_rank_fid_from_features_equals_fid_from_stats():
+    few, many = _features(n=10, d=16, seed=3), _features(n=12, d=16, shift=0.4, seed=4)
+    expected = fid_from_stats(*feature_stats(few), *feature_stats(many))
+    assert fid_from_features(few, many) == pytest.approx(expected, rel=1e-6)
+    assert fid_from_features(_features(n=40, d=8), many[:, :8]) == pytest.approx(
+        fid_from_stats(*feature_stats(_features(n=40, d=8)), *feature_stats(many[:, :8])), rel=1e-6)
 
 
 def test_fid_matches_torchmetrics():

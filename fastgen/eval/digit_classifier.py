@@ -65,7 +65,7 @@ def random_shift(pixels, max_shift, generator):
     return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
-def train_digit_classifier(images, labels, epochs=12, batch_size=64, lr=2e-3, seed=0):
+def train_digit_classifier(images, labels, epochs=25, batch_size=64, lr=2e-3, seed=0):
     """Train a DigitClassifier on pixels in [-1, 1] with random shifts of up to 2 px (Adam, cosine LR)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

@@ -2,7 +2,10 @@
 
 FID (Heusel et al. 2017, arXiv:1706.08500, eq. 6):  ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}).
     Tr (S_1 S_2)^{1/2} is computed as the sum of square roots of the eigenvalues of the symmetric PSD matrix
-    S_1^{1/2} S_2 S_1^{1/2} (same spectrum as S_1 S_2), in float64.
+    S_1^{1/2} S_2 S_1^{1/2} (same spectrum as S_1 S_2), in float64. From features with fewer samples than
+    dimensions (500 images, 2048-d) `fid_from_features` uses the exact low-rank form: with centred features
+    A_k [n_k, D] and S_k = A_k^T A_k / (n_k - 1), Tr (S_1 S_2)^{1/2} = ||A_1 A_2^T||_* / sqrt((n_1 - 1)(n_2 - 1))
+    (the nonzero spectrum of S_1 S_2 is that of M M^T / c with M = A_1 A_2^T), an n_1 x n_2 SVD.
 KID (Binkowski et al. 2018, arXiv:1801.01401): the unbiased MMD^2 with the cubic polynomial kernel
     k(x, y) = (x.y / d + 1)^3, averaged over `subsets` random subsets of `subset_size` features drawn from each
     set, reported as (mean, std); the same estimator and subset sampling as torchmetrics' KernelInceptionDistance.
@@ -15,7 +18,7 @@ import torch
 
 def feature_stats(features):
     """(mu [D], sigma [D, D]) in float64 of features [N, D]; sigma is the unbiased (N - 1) covariance."""
-    features = np.asarray(features.cpu() if torch.is_tensor(features) else features, dtype=np.float64)
+    features = _as_float64(features)
     if features.ndim != 2 or len(features) < 2:
         raise ValueError(f"feature_stats needs features [N >= 2, D], got shape {features.shape}")
     return features.mean(axis=0), np.cov(features, rowvar=False)
@@ -36,6 +39,22 @@ def fid_from_stats(mu1, sigma1, mu2, sigma2):
     cross = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
     trace_sqrt = np.sqrt(cross.clip(min=0)).sum()
     return float(np.square(mu1 - mu2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def _as_float64(features):
+    return np.asarray(features.cpu() if torch.is_tensor(features) else features, dtype=np.float64)
+
+
+def fid_from_features(features1, features2):
+    """FID of two feature sets [n_k, D]; equal to fid_from_stats of their feature_stats (module docstring)."""
+    f1, f2 = _as_float64(features1), _as_float64(features2)
+    if min(len(f1), len(f2)) > f1.shape[1]:
+        return fid_from_stats(*feature_stats(f1), *feature_stats(f2))
+    a1, a2 = f1 - f1.mean(axis=0), f2 - f2.mean(axis=0)
+    c1, c2 = len(f1) - 1, len(f2) - 1
+    trace_sqrt = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum() / np.sqrt(c1 * c2)
+    mean_term = np.square(f1.mean(axis=0) - f2.mean(axis=0)).sum()
+    return float(mean_term + np.square(a1).sum() / c1 + np.square(a2).sum() / c2 - 2 * trace_sqrt)
 
 
 def polynomial_mmd(x, y, degree=3, gamma=None, coef=1.0):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fastgen.eval import aesthetic, clip_score, digit_classifier, inception
-from fastgen.eval.fid import feature_stats, fid_from_stats, kid_from_features
+from fastgen.eval.fid import fid_from_features, kid_from_features
 from fastgen.eval.reference import reference_stats
 
 METRIC_COLUMNS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy")
@@ -74,7 +74,7 @@ class MetricSuite:
         row = dict.fromkeys(METRIC_COLUMNS)
         if "inception" in per_sample:
             features = per_sample["inception"]
-            row["fid"] = fid_from_stats(*feature_stats(features), self.reference.mu, self.reference.sigma)
+            row["fid"] = fid_from_features(features, self.reference.features)
             generator = torch.Generator().manual_seed(int(self.settings.seed))
             row["kid"], row["kid_std"] = kid_from_features(
                 self.reference.features, features, self.settings.fid.kid_subsets, self.settings.fid.kid_subset_size,
