@@ -101,6 +101,7 @@ def save_classifier(model, path, metadata):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
               metadata={k: json.dumps(v) for k, v in metadata.items()})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
