@@ -1,0 +1,73 @@
+"""Leaderboard CSV: no row lost under concurrent writers; the CLI's table, Markdown and plots."""
+
+import multiprocessing as mp
+
+import pandas as pd
+import pytest
+
+from fastgen.eval.leaderboard_io import COLUMNS, append_rows, read_leaderboard
+from fastgen.eval.leaderboard_table import summarise
+from fastgen.leaderboard import main
+
+
+def _writer(path, writer, n):
+    for i in range(n):
+        append_rows(path, [{"run_id": f"w{writer}", "method": "m", "steps": i, "fid": writer + i / 100}])
+
+
+def test_concurrent_writers_lose_no_row(tmp_path):
+    path = str(tmp_path / "board.csv")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, w, 8)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    board = read_leaderboard(path)
+    assert len(board) == 32 and sorted(board.groupby("run_id").size().tolist()) == [8] * 4
+    assert list(board.columns)[:len(COLUMNS)] == list(COLUMNS)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _row(method, steps, fid, seed=0, experiment="e", ms=None, **extra):
+    return {"run_id": f"{method}-{seed}", "experiment": experiment, "method": method, "steps": steps, "nfe": steps,
+            "fid": fid, "seed": seed, "num_samples": 500, "ms_per_image": ms, "timestamp": f"t{seed}", **extra}
+
+
+@pytest.fixture
+def board(tmp_path):
+    rows = [_row("real_data", None, 18.0, nfe=0)]
+    rows += [_row("dpm_solver", s, f, ms=10.0 * s, prompt_accuracy=0.5 + s / 100)
+             for s, f in [(1, 350), (2, 272), (4, 175), (8, 173), (25, 154)]]
+    rows += [_row("ufogen", 1, 40.0, seed=0, ms=10.0), _row("ufogen", 1, 44.0, seed=1, ms=11.0),
+             _row("ufogen", 1, 90.0, seed=1, ms=11.0, checkpoint="early"),  # a worse checkpoint of seed 1
+             _row("ufogen", 2, 35.0, ms=20.0), _row("ufogen", 2, 80.0, experiment="other", ms=20.0)]
+    path = tmp_path / "mnist.csv"
+    append_rows(path, rows)
+    return path
+
+
+def test_summary_takes_best_row_per_seed_and_averages_seeds(board):
+    summary = summarise(read_leaderboard(board)).set_index(["method", "steps"])
+    assert summary.loc[("ufogen", 1), "fid"] == pytest.approx(42.0)
+    assert summary.loc[("ufogen", 1), "fid_std"] == pytest.approx(pd.Series([40.0, 44.0]).std())
+    assert summary.loc[("ufogen", 1), "n_seeds"] == 2
+    assert summary.loc[("ufogen", 2), "fid"] == 35.0 and summary.loc[("ufogen", 2), "experiment"] == "e"
+    assert summary.loc[("real_data", "real"), "fid"] == 18.0
+
+
+def test_cli_prints_table_and_writes_markdown_and_plots(board, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(board), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| ufogen | 42.00 ± 2.8 | 35.00 |" in printed and "real data" in printed
+    markdown = (out / "mnist.md").read_text()
+    assert "## fid (lower is better)" in markdown and "## prompt_accuracy (higher is better)" in markdown
+    assert {p.name for p in out.glob("*.png")} >= {"mnist_fid_vs_steps.png", "mnist_fid_vs_latency.png",
+                                                   "mnist_prompt_accuracy_vs_steps.png"}
+
+
+def test_cli_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
