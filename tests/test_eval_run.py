@@ -5,19 +5,12 @@ import torch
 
 from fastgen.eval.leaderboard_io import COLUMNS, read_leaderboard
 from fastgen.eval.run_eval import eval_noise, real_data_row, run_eval
-from test_eval_fakes import FakeDataModule, FakeMethod
+from test_eval_fakes import FakeDataModule, FakeMethod, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"num_samples": 6, "batch_size": 4, "steps": [1, 2, 4], "clip": {"enabled": False},
         "aesthetic": {"enabled": False}, "fid": {"kid_subsets": 3}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Inception on 2 shared cores: one thread is ~6x faster than two when other processes compete."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
