@@ -37,7 +37,7 @@ class AssetLookup:
     def describe(self):
         status = f"found {self.found}" if self.found else "MISSING"
         looked = "; ".join(self.looked_in) or "nowhere (nothing configured)"
-        return f"{self.name}: {status} (looked in: {looked}; set {self.config_key}=/path)"
+        return f"{status} (looked in: {looked}; set {self.config_key}=/path)"
 
 
 def sha256_file(path):

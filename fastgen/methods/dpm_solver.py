@@ -28,7 +28,8 @@ def guided_model_output(backbone, unet, x_t, t, cond, uncond, guidance_scale: fl
     """The UNet's raw output (eps or v) with classifier-free guidance; one batched forward of 2B when guided."""
     dtype = next(unet.parameters()).dtype
     if guidance_scale > 1.0:
-        out = unet(torch.cat([x_t, x_t]).to(dtype), t, encoder_hidden_states=torch.cat([cond, uncond]).to(dtype)).sample
+        t2 = torch.cat([t, t]) if t.ndim else t  # a per-sample timestep batch doubles with the inputs
+        out = unet(torch.cat([x_t, x_t]).to(dtype), t2, encoder_hidden_states=torch.cat([cond, uncond]).to(dtype)).sample
         out_c, out_u = out.float().chunk(2)
         return classifier_free_guidance(out_c, out_u, guidance_scale)
     return unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.float()

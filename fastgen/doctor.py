@@ -1,0 +1,130 @@
+"""`python -m fastgen.doctor experiment=NAME [key=value ...]`: every asset the experiment needs, before a long run.
+
+For each asset -- backbone weights, teacher, Inception (FID/KID), reference statistics, CLIP, aesthetic
+predictor, digit classifier, prompt set, W&B credentials -- it prints where it was looked for, whether it was
+found, and the config key to set. Missing backbone/teacher weights or W&B credentials stop a run (exit 1);
+a missing metric asset only leaves that metric empty (reported, exit 0).
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from fastgen.config import CONFIG_PATH, register_resolvers
+
+register_resolvers()
+
+
+def _line(ok, name, detail, required=False):
+    tag = "ok" if ok else ("MISSING" if required else "not computed")
+    return ok or not required, f"[{tag:>12}] {name}: {detail}"
+
+
+def backbone_lines(cfg):
+    from fastgen.networks import MissingWeightsError, resolve_pretrained
+
+    lines = []
+    for key, node in (("model", cfg.get("model")), *[(f"method.{k}", v) for k, v in cfg.get("method", {}).items()
+                                                       if "teacher" in k and isinstance(v, (str, DictConfig))]):
+        pretrained = node.get("pretrained") if isinstance(node, DictConfig) else node
+        target = node.get("_target_", "") if isinstance(node, DictConfig) else ""
+        if isinstance(node, DictConfig) and pretrained is None:
+            lines.append(_line(True, f"{key} weights", f"none needed ({target.rsplit('.', 1)[-1]}: random init)"))
+            continue
+        name = f"{key}.pretrained" if isinstance(node, DictConfig) else key
+        try:
+            lines.append(_line(True, f"{key} weights", str(resolve_pretrained(pretrained, name)), required=True))
+        except MissingWeightsError as e:
+            lines.append(_line(False, f"{key} weights", str(e).replace("\n", " "), required=True))
+    return lines
+
+
+def metric_lines(cfg):
+    from fastgen.eval.aesthetic import lookup_aesthetic_weights
+    from fastgen.eval.digit_classifier import SHIPPED_WEIGHTS
+    from fastgen.eval.inception import lookup_inception_weights
+    from fastgen.eval.open_clip_models import describe_clip_weights
+    from fastgen.eval.settings import eval_settings
+
+    settings = eval_settings(cfg.get("eval"))
+    lines = []
+    if settings.fid.enabled:
+        lookup = lookup_inception_weights(settings.fid.weights)
+        lines.append(_line(lookup.found is not None, "Inception (FID/KID)", lookup.describe()))
+        lines.append(reference_line(cfg, settings, lookup.found))
+    for enabled, name, model, pretrained, key in (
+        (settings.clip.enabled, "CLIP score", settings.clip.model, settings.clip.pretrained, "eval.clip.pretrained"),
+        (settings.aesthetic.enabled, "aesthetic CLIP", settings.aesthetic.clip_model,
+         settings.aesthetic.clip_pretrained, "eval.aesthetic.clip_pretrained"),
+    ):
+        if enabled:
+            found, where = describe_clip_weights(model, pretrained)
+            lines.append(_line(found, f"{name} ({model})", f"{where}; set {key}=TAG_OR_PATH"))
+    if settings.aesthetic.enabled:
+        lookup = lookup_aesthetic_weights(settings.aesthetic.weights)
+        lines.append(_line(lookup.found is not None, "aesthetic MLP", lookup.describe()))
+    if settings.prompt_accuracy.enabled:
+        path = Path(settings.prompt_accuracy.weights or SHIPPED_WEIGHTS)
+        lines.append(_line(path.is_file(), "digit classifier", f"{path}; set eval.prompt_accuracy.weights=/path"))
+    if settings.prompts is not None:
+        from fastgen.data.prompts import load_prompt_set
+
+        try:
+            lines.append(_line(True, "prompt set", f"{settings.prompts}: {len(load_prompt_set(settings.prompts))} prompts"))
+        except Exception as e:  # DataError / FileNotFoundError: report, do not crash the doctor
+            lines.append(_line(False, "prompt set", f"{e}; set eval.prompts", required=True))
+    return lines
+
+
+def reference_line(cfg, settings, inception_path):
+    """Where the reference statistics are (or will be written on first use)."""
+    from hydra.utils import get_class
+
+    from fastgen.eval.assets import sha256_file
+    from fastgen.eval.reference import reference_path
+
+    if settings.fid.reference:
+        path = Path(settings.fid.reference)
+        return _line(path.is_file(), "reference statistics", f"{path}; set eval.fid.reference=/path.npz")
+    data_cls = get_class(cfg.data._target_) if cfg.get("data") and "_target_" in cfg.data else None
+    if inception_path is None or not (hasattr(data_cls, "name") and hasattr(data_cls, "resolution")):
+        return _line(True, "reference statistics", f"computed on first use under {settings.cache_dir}")
+    path = reference_path(settings.cache_dir, data_cls.name, settings.fid.reference_split, data_cls.resolution,
+                          settings.num_samples, sha256_file(inception_path))
+    state = "cached" if path.is_file() else "computed on first use (once) at"
+    return _line(True, "reference statistics", f"{state} {path}")
+
+
+def wandb_lines(cfg):
+    from fastgen.eval.wandb_log import WandbNotReadyError, check_wandb_ready
+
+    logger = cfg.get("logger") or {}
+    if "WandbLogger" not in str(logger.get("_target_", "")):
+        return []
+    try:
+        check_wandb_ready(offline=bool(logger.get("offline", False)))
+        return [_line(True, "W&B credentials", "offline mode or API key found", required=True)]
+    except WandbNotReadyError as e:
+        return [_line(False, "W&B credentials", str(e), required=True)]
+
+
+def report(cfg):
+    """Print every asset line; 0 if nothing required is missing, else 1."""
+    lines = backbone_lines(cfg) + metric_lines(cfg) + wandb_lines(cfg)
+    print(f"fastgen doctor: experiment {OmegaConf.select(cfg, 'run_name', default='?')}")
+    for _, text in lines:
+        print(text)
+    ok = all(ok for ok, _ in lines)
+    print("ready" if ok else "missing required assets: set the keys above before training")
+    return 0 if ok else 1
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    sys.exit(report(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Rebuild a trained method (and its data module) from a fastgen checkpoint, for `python -m fastgen.evaluate`.
+
+The config is the resolved experiment config fastgen.fit stores in the checkpoint (`fastgen_config`); for
+older checkpoints, `<run>/config.yaml` or Hydra's `<run>/.hydra/config.yaml` next to `<run>/checkpoints/`.
+Method, backbone and data module are instantiated from it exactly as fastgen.fit does, then the checkpoint's
+state dict (without the frozen parts, which come from the backbone's own weights) is loaded.
+"""
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+
+def run_dir_of(ckpt_path):
+    """`<run>` for `<run>/checkpoints/x.ckpt` (the checkpoint's folder otherwise)."""
+    folder = Path(ckpt_path).resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+def checkpoint_config(ckpt_path, checkpoint):
+    """The experiment config of a checkpoint (a plain dict), or a FileNotFoundError saying where it looked."""
+    if checkpoint.get("fastgen_config"):
+        return checkpoint["fastgen_config"]
+    run_dir = run_dir_of(ckpt_path)
+    candidates = [run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    raise FileNotFoundError(f"{ckpt_path} holds no fastgen_config and none of {[str(p) for p in candidates]} exists")
+
+
+def method_from_checkpoint(ckpt_path, device="cpu"):
+    """(method on `device` in eval mode, data module, experiment config dict) from a checkpoint file."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt={ckpt_path} does not exist")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    config = checkpoint_config(ckpt_path, checkpoint)
+    backbone = instantiate(config["model"])
+    method = instantiate(config["method"], backbone=backbone, _convert_="all")
+    method.load_state_dict(checkpoint["state_dict"])
+    method.run_config = config
+    datamodule = instantiate(config["data"], _convert_="all")
+    return method.to(device).eval(), datamodule, config

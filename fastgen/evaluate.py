@@ -1,0 +1,76 @@
+"""`python -m fastgen.evaluate ckpt=PATH eval=mnist [eval.steps=[1,2,4,8]] [eval.leaderboard=FILE.csv]`
+
+Evaluate a trained checkpoint (method, model and data rebuilt from the config saved in it), or -- without
+`ckpt` -- the method the composed config names, e.g. the DPM-Solver++ baseline on the teacher
+(`method=dpm_solver`, evaluated at `eval.baseline_steps`). Evaluation settings come from the command line
+(`eval=...`, `eval.*`), not from the checkpoint. Rows go to `eval.leaderboard` (default
+`<run>/leaderboard.csv`), grids to `<run>/samples/`; the data-floor row too unless `real_data=false`.
+`check=true` lists the assets (like `python -m fastgen.doctor`) and exits.
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fastgen.config import CONFIG_PATH, register_resolvers, user_errors
+
+register_resolvers()
+
+
+def build_method(cfg, device):
+    """(method, data module, experiment config, run dir) from `ckpt` or from the composed config."""
+    from fastgen.eval.checkpoint import method_from_checkpoint, run_dir_of
+
+    if cfg.ckpt:
+        method, datamodule, config = method_from_checkpoint(cfg.ckpt, device)
+        return method, datamodule, config, run_dir_of(cfg.ckpt)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    backbone = instantiate(cfg.model)
+    method = instantiate(cfg.method, backbone=backbone, _convert_="all").to(device).eval()
+    datamodule = instantiate(cfg.data, _convert_="all")
+    return method, datamodule, config, Path(cfg.paths.runs_dir) / f"eval_{method.name}"
+
+
+def evaluate(cfg):
+    from fastgen.eval.leaderboard_table import metric_table, summarise, to_markdown
+    from fastgen.eval.metrics import MetricSuite
+    from fastgen.eval.run_eval import real_data_row, run_eval
+    from fastgen.eval.settings import eval_settings
+
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    method, datamodule, config, run_dir = build_method(cfg, device)
+    settings = eval_settings(cfg.eval)
+    if method.name == "dpm_solver":
+        settings.steps = settings.baseline_steps
+    settings.leaderboard = settings.leaderboard or str(run_dir / "leaderboard.csv")
+    suite = MetricSuite.load(settings, datamodule, device)
+    experiment = config.get("run_name", "")
+    rows = run_eval(method, datamodule, settings, out_dir=run_dir, experiment=experiment,
+                    run_id=f"{experiment or method.name}-{Path(cfg.ckpt).stem if cfg.ckpt else 'eval'}",
+                    checkpoint=str(cfg.ckpt or ""), suite=suite)
+    if cfg.real_data:
+        rows.append(real_data_row(datamodule, settings, experiment=experiment, suite=suite))
+    import pandas as pd
+
+    table = metric_table(summarise(pd.DataFrame(rows)), "fid")
+    print(to_markdown(table) if table is not None else pd.DataFrame(rows).to_string())
+    print(f"\n[fastgen] {len(rows)} rows appended to {settings.leaderboard}")
+    return rows
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        if cfg.check:
+            from fastgen.doctor import report
+
+            sys.exit(report(cfg))
+        evaluate(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

