@@ -4,7 +4,8 @@ and at the end of training, appends the rows to the leaderboard and logs them (w
 Thin by design: all the evaluation lives in run_eval.py, shared with `python -m fastgen.evaluate`. Images
 seen come from the method's `kimg` property (FewStepMethod counts them, EDM-style); a module without it is
 credited the global batch (batch size x world size) per training batch. The data floor (`real_data`) row is
-appended once per run, before the first evaluation.
+appended once per run, before the first evaluation, with the DPM-Solver++ baseline on the method's teacher
+(baseline.py: computed once per teacher and cached).
 
 Online W&B without an API key must be caught before the Trainer starts (Lightning creates the W&B run before
 any callback hook): the entry point calls `fastgen.eval.wandb_log.check_wandb_ready()` when logger=wandb.
@@ -13,6 +14,7 @@ any callback hook): the entry point calls `fastgen.eval.wandb_log.check_wandb_re
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from fastgen.eval.baseline import baseline_rows
 from fastgen.eval.fingerprint import timestamp
 from fastgen.eval.metrics import MetricSuite
 from fastgen.eval.run_eval import real_data_row, run_eval
@@ -70,6 +72,8 @@ class FewStepEval(L.Callback):
             floor = real_data_row(datamodule, self.settings, experiment=config.get("run_name", ""),
                                   run_id=f"{self.run_id}-real_data", suite=self.suite)
             self.rows.append(floor)
+            self.rows += baseline_rows(pl_module, datamodule, self.settings, self.suite, out_dir=out_dir,
+                                       experiment=config.get("run_name", ""))
         rows = run_eval(pl_module, datamodule, self.settings, out_dir=out_dir, experiment=config.get("run_name", ""),
                         run_id=self.run_id, checkpoint=f"kimg={kimg:.3f}", precision=str(trainer.precision),
                         grid_tag=f"kimg{kimg:09.3f}", suite=self.suite)

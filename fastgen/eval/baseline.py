@@ -1,0 +1,90 @@
+"""The DPM-Solver++ baseline next to every distilled method: the method's own teacher UNet, the same prompts,
+noises and metrics, at `eval.baseline_steps`, evaluated once per (teacher weights, evaluation fingerprint)
+and cached as JSON under `<eval.cache_dir>/baselines/`, so each run's leaderboard shows method and baseline
+side by side without re-sampling 25-step CFG images every time.
+
+A method takes part if it has a `teacher_unet` (the frozen teacher of distillation methods); the baseline's
+guidance is `eval.baseline_guidance`, else the method's `teacher_guidance_scale`, else its `guidance_scale`.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+from fastgen.eval.distributed import is_rank_zero
+from fastgen.eval.leaderboard_io import append_rows
+from fastgen.eval.run_eval import eval_prompts, run_eval
+
+
+class TeacherBaseline(nn.Module):
+    """DPM-Solver++ (order 2, CFG) on a teacher UNet, with the FewStepMethod sampling contract."""
+
+    name = "dpm_solver"
+    supported_steps = None
+
+    def __init__(self, backbone, teacher_unet, guidance_scale):
+        super().__init__()
+        self.backbone, self.teacher_unet, self.guidance_scale = backbone, teacher_unet, float(guidance_scale)
+
+    def sample(self, noise, prompts, steps, generator=None):
+        from fastgen.methods.dpm_solver import dpm_solver_sample
+
+        return dpm_solver_sample(self.backbone, self.teacher_unet, noise, prompts, steps, self.guidance_scale)
+
+    def nfe(self, steps):
+        return steps * (2 if self.guidance_scale > 1.0 else 1)
+
+
+def teacher_sha256(unet):
+    """sha256 over the teacher's parameters and buffers (names, shapes, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def baseline_key(teacher_hash, settings, prompts, suite, guidance):
+    fingerprint = {"teacher": teacher_hash, "guidance": guidance, "steps": list(settings.baseline_steps),
+                   "num_samples": settings.num_samples, "seed": settings.seed, "prompts": prompts,
+                   **suite.fingerprint()}
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _leaderboard_run_ids(path):
+    import csv
+
+    if not path or not Path(path).is_file():
+        return set()
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row.get("run_id") for row in csv.DictReader(f)}
+
+
+def baseline_rows(method, datamodule, settings, suite, **run_kwargs):
+    """The baseline's rows for `method`'s teacher (computed once, then from the cache); [] without a teacher."""
+    teacher = getattr(method, "teacher_unet", None)
+    if teacher is None or not settings.baseline_steps:
+        return []
+    guidance = settings.get("baseline_guidance") or getattr(method, "teacher_guidance_scale", method.guidance_scale)
+    prompts = eval_prompts(datamodule, settings)
+    key = baseline_key(teacher_sha256(teacher), settings, prompts, suite, guidance)
+    run_id, cache = f"dpm_solver-{key[:12]}", Path(settings.cache_dir) / "baselines" / f"{key[:16]}.json"
+    if cache.is_file():
+        rows = json.loads(cache.read_text())
+        if settings.leaderboard and is_rank_zero() and run_id not in _leaderboard_run_ids(settings.leaderboard):
+            append_rows(settings.leaderboard, rows)
+        return rows
+    baseline = TeacherBaseline(method.backbone, teacher, guidance)
+    steps_settings = settings.copy()
+    steps_settings.steps = list(settings.baseline_steps)
+    rows = run_eval(baseline, datamodule, steps_settings, run_id=run_id, checkpoint="teacher", suite=suite,
+                    **run_kwargs)
+    if is_rank_zero():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rows, default=str))
+        os.replace(tmp, cache)
+    return rows

@@ -1,0 +1,44 @@
+"""The DPM-Solver++ baseline on a method's teacher: evaluated once, then served from the cache."""
+
+import pytest
+import torch
+from torch import nn
+
+from fastgen.data.mnist import MNISTDataModule
+from fastgen.eval.baseline import baseline_rows, teacher_sha256
+from fastgen.eval.leaderboard_io import read_leaderboard
+from fastgen.eval.metrics import MetricSuite
+from fastgen.eval.settings import eval_settings
+from fastgen.networks import build_random
+from test_eval_fakes import one_thread  # noqa: F401 (fixture)
+
+
+class Distilled(nn.Module):
+    name, supported_steps, guidance_scale = "student", (1,), 2.0
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone, self.teacher_unet = backbone, backbone.unet
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_baseline_rows_are_computed_once_per_teacher(tmp_path, monkeypatch):
+    settings = eval_settings({"num_samples": 4, "batch_size": 4, "baseline_steps": [1, 2], "clip": {"enabled": False},
+                              "aesthetic": {"enabled": False}, "fid": {"kid_subsets": 2},
+                              "cache_dir": str(tmp_path / "cache"), "leaderboard": str(tmp_path / "board.csv")})
+    datamodule = MNISTDataModule()
+    method = Distilled(build_random("mnist_pixel", cache_dir=str(tmp_path / "cache")))
+    suite = MetricSuite.load(settings, datamodule)
+    rows = baseline_rows(method, datamodule, settings, suite)
+    assert [(r["method"], r["steps"], r["nfe"], r["guidance"]) for r in rows] == [
+        ("dpm_solver", 1, 2, 2.0), ("dpm_solver", 2, 4, 2.0)]
+    assert len(list((tmp_path / "cache" / "baselines").glob("*.json"))) == 1
+
+    monkeypatch.setattr("fastgen.eval.baseline.run_eval", lambda *a, **k: pytest.fail("re-sampled the baseline"))
+    again = baseline_rows(method, datamodule, settings, suite)
+    assert [r["fid"] for r in again] == pytest.approx([r["fid"] for r in rows])
+    assert len(read_leaderboard(tmp_path / "board.csv")) == 2  # cached rows are not appended twice
+    before = teacher_sha256(method.teacher_unet)
+    with torch.no_grad():
+        next(method.teacher_unet.parameters()).add_(1.0)  # another teacher: another cache key
+    assert teacher_sha256(method.teacher_unet) != before
