@@ -26,8 +26,10 @@ def backbone_lines(cfg):
     from fastgen.networks import MissingWeightsError, resolve_pretrained
 
     lines = []
-    for key, node in (("model", cfg.get("model")), *[(f"method.{k}", v) for k, v in cfg.get("method", {}).items()
-                                                       if "teacher" in k and isinstance(v, (str, DictConfig))]):
+    method_keys = OmegaConf.to_container(cfg.method, resolve=False) if cfg.get("method") else {}
+    teacher_keys = [k for k in method_keys if "teacher" in k]  # resolve only these (others may need Hydra's runtime)
+    for key, node in (("model", cfg.get("model")), *[(f"method.{k}", cfg.method[k]) for k in teacher_keys
+                                                       if isinstance(cfg.method[k], (str, DictConfig))]):
         pretrained = node.get("pretrained") if isinstance(node, DictConfig) else node
         target = node.get("_target_", "") if isinstance(node, DictConfig) else ""
         if isinstance(node, DictConfig) and pretrained is None:
@@ -113,7 +115,8 @@ def wandb_lines(cfg):
 def report(cfg):
     """Print every asset line; 0 if nothing required is missing, else 1."""
     lines = backbone_lines(cfg) + metric_lines(cfg) + wandb_lines(cfg)
-    print(f"fastgen doctor: experiment {OmegaConf.select(cfg, 'run_name', default='?')}")
+    name = OmegaConf.select(cfg, "run_name", default=None, throw_on_resolution_failure=False)
+    print(f"fastgen doctor: experiment {name or '?'}")
     for _, text in lines:
         print(text)
     ok = all(ok for ok, _ in lines)
