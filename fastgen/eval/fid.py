@@ -8,7 +8,8 @@ FID (Heusel et al. 2017, arXiv:1706.08500, eq. 6):  ||mu_1 - mu_2||^2 + Tr(S_1 +
     (the nonzero spectrum of S_1 S_2 is that of M M^T / c with M = A_1 A_2^T), an n_1 x n_2 SVD.
 KID (Binkowski et al. 2018, arXiv:1801.01401): the unbiased MMD^2 with the cubic polynomial kernel
     k(x, y) = (x.y / d + 1)^3, averaged over `subsets` random subsets of `subset_size` features drawn from each
-    set, reported as (mean, std); the same estimator and subset sampling as torchmetrics' KernelInceptionDistance.
+    set, reported as (mean, std); the same estimator and subset sampling as torchmetrics' KernelInceptionDistance
+    (when both sets are no larger than `subset_size`, the whole sets are compared once).
 Both are biased at small sample counts: rows are comparable only at equal `num_samples`.
 """
 
@@ -73,6 +74,8 @@ def kid_from_features(real, fake, subsets=100, subset_size=1000, generator=None)
     size = min(subset_size, len(real), len(fake))
     if size < 2:
         raise ValueError(f"KID needs at least 2 features per set, got {len(real)} real and {len(fake)} generated")
+    if size == len(real) == len(fake):
+        subsets = 1  # every subset would be the whole set: one deterministic estimate (std 0)
     scores = []
     for _ in range(subsets):
         real_subset = real[torch.randperm(len(real), generator=generator)[:size]]

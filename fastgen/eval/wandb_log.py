@@ -62,8 +62,7 @@ def log_to_wandb(logger, rows, step):
     import pandas as pd
     import wandb
 
-    frame = pd.DataFrame(rows).astype(object).where(pd.DataFrame(rows).notna(), None)
-    payload = {"eval/leaderboard": wandb.Table(dataframe=frame.astype(str))}
+    payload = {"eval/leaderboard": wandb.Table(dataframe=pd.DataFrame(rows).astype(str))}
     for row in rows:
         if row.get("grid"):
             payload[f"eval/samples@{row['steps']}step"] = wandb.Image(row["grid"], caption=f"{row['method']} "
