@@ -25,11 +25,17 @@ def register_resolvers() -> None:
 @contextlib.contextmanager
 def user_errors():
     """Turn the errors a user can fix (missing weights, bad data, bad config values) into one clear line."""
+    from hydra.errors import InstantiationException
+
     from fastgen.data.errors import DataError
     from fastgen.networks import MissingWeightsError
 
+    fixable = (MissingWeightsError, DataError, FileNotFoundError, ValueError)
     try:
         yield
-    except (MissingWeightsError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"\nfastgen: error: {e}", file=sys.stderr)
+    except (InstantiationException, *fixable) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) else e
+        if not isinstance(cause, fixable):
+            raise
+        print(f"\nfastgen: error: {cause}", file=sys.stderr)
         sys.exit(2)

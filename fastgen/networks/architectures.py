@@ -52,7 +52,7 @@ ARCHITECTURES: dict[str, dict] = {
     },
     "mnist_pixel": {
         "unet": dict(
-            sample_size=32, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64, 64),
+            sample_size=32, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32, 64),
             down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),  # attention at 8x8 only: 2x faster on CPU
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,

@@ -1,0 +1,36 @@
+"""Shared test fixtures: offline flags, and composing an experiment config as `python -m fastgen.fit` would."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fastgen.config import CONFIG_PATH, register_resolvers  # noqa: E402
+
+
+def compose_experiment(name: str, tmp_path, overrides=()) -> DictConfig:
+    """The config `python -m fastgen.fit experiment=NAME debug=fast *overrides` runs, with outputs in tmp_path."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                f"experiment={name}",
+                "debug=fast",
+                f"run_name=test_{name}",
+                f"paths.runs_dir={tmp_path}/runs",
+                f"paths.output_dir={tmp_path}/runs/test_{name}",
+                "logger=csv",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture
+def experiment_cfg(tmp_path):
+    return lambda name, *overrides: compose_experiment(name, tmp_path, overrides)
