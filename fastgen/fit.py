@@ -33,7 +33,13 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
 def build_trainer(cfg: DictConfig, callbacks) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("max_kimg", None)
-    logger = instantiate(cfg.logger) if cfg.get("logger") and "_target_" in cfg.logger else False
+    logger = False
+    if cfg.get("logger") and "_target_" in cfg.logger:
+        if cfg.logger._target_.endswith("WandbLogger"):
+            from fastgen.eval.wandb_log import check_wandb_ready
+
+            check_wandb_ready(offline=cfg.logger.get("offline", False))  # before any run is created
+        logger = instantiate(cfg.logger)
     return instantiate(trainer_cfg, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
 
 

@@ -15,7 +15,7 @@ OFFLINE_MODES = ("offline", "dryrun", "disabled")
 PLOTTED_METRICS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "ms_per_image")
 
 
-class WandbNotReadyError(RuntimeError):
+class WandbNotReadyError(ValueError):
     """Online W&B logging was asked for but no credentials are available."""
 
 
