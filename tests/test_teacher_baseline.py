@@ -1,0 +1,56 @@
+"""The teacher's objective and the DPM-Solver++ baseline, checked with oracle networks."""
+
+import pytest
+import torch
+
+from fastgen.core import alpha_sigma
+from fastgen.methods.diffusion import Diffusion
+from fastgen.methods.dpm_solver import DPMSolverBaseline
+from fastgen.networks import build_random
+
+
+class ConstantX0Oracle(torch.nn.Module):
+    """An eps-prediction 'UNet' whose x0 prediction is always `target`, recording the timesteps it sees."""
+
+    def __init__(self, acp, target):
+        super().__init__()
+        self.acp, self.target, self.seen = acp, target, []
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.seen.append(int(t.reshape(-1)[0]))
+        alpha, sigma = alpha_sigma(self.acp, t.expand(x.shape[0]), x.ndim)
+        return type("Out", (), {"sample": (x - alpha * self.target) / sigma})()
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return build_random("mnist_pixel", cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8, 25])
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_dpm_solver_lands_on_a_constant_data_prediction(backbone, steps, guidance):
+    target = torch.linspace(-1, 1, 32 * 32).reshape(1, 1, 32, 32)
+    baseline = DPMSolverBaseline(backbone, guidance_scale=guidance)
+    oracle, unet = ConstantX0Oracle(backbone.alphas_cumprod, target), backbone.unet
+    backbone.unet = oracle
+    try:
+        x0 = baseline.sample(torch.randn(2, 1, 32, 32), ["a handwritten digit one", "a handwritten digit two"], steps)
+    finally:
+        backbone.unet = unet
+    assert torch.allclose(x0, target.expand(2, -1, -1, -1), atol=1e-4)
+    assert oracle.seen[0] == 999 and len(oracle.seen) == steps  # linspace spacing: the first step is at t = 999
+    assert baseline.nfe(steps) == steps * (2 if guidance > 1 else 1)
+
+
+def test_diffusion_loss_is_zero_for_the_exact_noise_and_targets_follow_prediction_type(backbone):
+    method = Diffusion(backbone)
+    x0, noise, t = torch.randn(3, 1, 32, 32), torch.randn(3, 1, 32, 32), torch.tensor([0, 400, 999])
+    assert torch.equal(method.diffusion_target(x0, noise, t), noise)
+    backbone.prediction_type = "v_prediction"
+    try:
+        alpha, sigma = alpha_sigma(backbone.alphas_cumprod, t, 4)
+        assert torch.allclose(method.diffusion_target(x0, noise, t), alpha * noise - sigma * x0)
+    finally:
+        backbone.prediction_type = "epsilon"
