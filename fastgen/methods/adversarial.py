@@ -1,0 +1,239 @@
+"""Pieces the adversarial methods share (DDGAN, SIDDM; UFOGen may adopt the first three).
+
+- `adversarial_phase`: one manual-optimisation phase — only one optimizer's parameters trainable, named
+  losses computed, their sum descended (optionally with gradient-norm clipping).
+- `lazy_r1_weight`: StyleGAN2's lazy R1 schedule as the weight of this D update's penalty term.
+- `discriminator_losses`: D's named terms `d_real`, `d_fake` (and `d_r1`) on one real and one fake batch,
+  with D's optional `x_cond` input (DDGAN's joint discriminator) passed to both.
+- `add_latent_input`: a copy of a diffusers UNet with a latent z input (DDGAN's G(x_t, t, z)).
+- `PosteriorChainGAN`: the DDGAN family (DDGAN, SIDDM): a generator G(x_t, t, z) → x̂0 over T levels,
+  fakes drawn from the posterior q(x_{t−1} | x_t, x̂0), alternating D and G phases, posterior-chain sampling.
+  A subclass says what its discriminator sees and what its losses are (`build_discriminator`,
+  `d_losses`, `g_losses`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fastgen.core import d_loss_softplus, q_posterior_sample, q_sample, q_step, r1_penalty, trailing_timesteps
+from fastgen.methods.base import FewStepMethod
+
+
+# -- GAN phases (any adversarial method) --------------------------------------------------------------------
+def adversarial_phase(method: FewStepMethod, opt, compute_losses: Callable[[], dict], max_grad_norm: float | None = None):
+    """With only `opt`'s parameters trainable, compute the named losses and take one step on their sum."""
+    with method.toggled_optimizer(opt):
+        losses = compute_losses()
+        opt.zero_grad(set_to_none=True)
+        method.manual_backward(sum(losses.values()))
+        if max_grad_norm:
+            method.clip_gradients(opt, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+    return losses
+
+
+def lazy_r1_weight(r1_gamma: float, r1_every: int, d_update: int) -> float:
+    """Weight of the R1 term at this D update: (γ/2)·r1_every every `r1_every` updates, else 0
+    (lazy regularisation, Karras et al. 2020, StyleGAN2 Sec. 3.1: the interval rescales the penalty)."""
+    return 0.5 * r1_gamma * r1_every if r1_gamma > 0 and d_update % r1_every == 0 else 0.0
+
+
+def discriminator_losses(
+    discriminator: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    x_cond: torch.Tensor | None = None,
+    r1_weight: float = 0.0,
+    loss_fn=d_loss_softplus,
+) -> dict[str, torch.Tensor]:
+    """`d_real`, `d_fake` from one D call on [real; fake] (fake detached), and `d_r1` = r1_weight·‖∇_real D‖²
+    when r1_weight > 0 (that call then uses the math attention kernel, the one with a double backward).
+    `x_cond` (the same for both halves) goes to D's joint input."""
+    real = real.detach().requires_grad_(r1_weight > 0)
+    both = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
+    # R1 differentiates D's input gradient again: only the math attention kernel has a double backward
+    with sdpa_kernel(SDPBackend.MATH) if r1_weight > 0 else contextlib.nullcontext():
+        logits = discriminator(torch.cat([real, fake.detach()]), both(t), both(cond), x_cond=both(x_cond))
+    real_logits, fake_logits = logits.chunk(2)
+    d_real, d_fake = loss_fn(real_logits, fake_logits)
+    losses = {"d_real": d_real, "d_fake": d_fake}
+    if r1_weight > 0:
+        losses["d_r1"] = r1_weight * r1_penalty(real_logits, real)
+    return losses
+
+
+# -- the latent-z generator ---------------------------------------------------------------------------------
+def add_latent_input(unet: nn.Module, nz: int, init_scale: float) -> nn.Module:
+    """A copy of diffusers `unet` that takes a latent z [B, nz] as `timestep_cond`: `time_cond_proj_dim=nz`
+    adds `time_embedding.cond_proj(z)` (a bias-free linear map) to the sinusoidal time features before the
+    time MLP. All other weights are `unet`'s; cond_proj starts at N(0, init_scale²/nz), so cond_proj(z) has
+    standard deviation `init_scale` per feature (the sinusoidal features have RMS 0.71)."""
+    from diffusers import UNet2DConditionModel
+
+    gen = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=nz)
+    result = gen.load_state_dict(unet.state_dict(), strict=False)
+    if result.unexpected_keys or set(result.missing_keys) != {"time_embedding.cond_proj.weight"}:
+        raise RuntimeError(f"loading the backbone UNet into the latent-z generator: missing {result.missing_keys}, "
+                           f"unexpected {result.unexpected_keys}")
+    nn.init.normal_(gen.time_embedding.cond_proj.weight, std=init_scale / nz**0.5)
+    if getattr(unet, "is_gradient_checkpointing", False):
+        gen.enable_gradient_checkpointing()
+    dtype = next(unet.parameters()).dtype
+    return gen if dtype == torch.float32 else gen.to(dtype)
+
+
+# -- the DDGAN family ---------------------------------------------------------------------------------------
+class LevelPair(NamedTuple):
+    """One training pair at consecutive levels s < t, and the generator's fake at s."""
+
+    t: torch.Tensor  # [B] timestep of x_t (a level of the grid)
+    s: torch.Tensor  # [B] timestep of x_{t−1}: the previous level, −1 (clean) below the first
+    x_prev: torch.Tensor  # real x_{t−1} ~ q(x_{t−1} | x0)
+    x_t: torch.Tensor  # real x_t ~ q(x_t | x_{t−1}): one forward step from x_prev
+    step_noise: torch.Tensor  # the ε of that forward step
+    fake_prev: torch.Tensor  # fake x'_{t−1} ~ q(x_{t−1} | x_t, x̂0), x̂0 = G(x_t, t, c, z)
+
+
+class PosteriorChainGAN(FewStepMethod):
+    """Denoising diffusion GAN over `num_steps` levels of the backbone's schedule (the trailing grid, e.g.
+    T = 4: 249, 499, 749, 999, with −1 = clean below the first). G(x_t, t, c, z) → x̂0 is the backbone UNet
+    with a latent input (`add_latent_input`), initialised from the backbone's weights (the pretrained teacher
+    when the model config loads one, random otherwise); D is a `UNetEncoderDiscriminator` of the same UNet."""
+
+    supported_steps: tuple[int, ...] = ()
+    guidance_scale = 0.0
+
+    def __init__(
+        self,
+        backbone,
+        num_steps: int = 4,
+        nz: int = 32,
+        z_init_scale: float = 0.1,
+        r1_gamma: float = 0.02,
+        r1_every: int = 15,
+        lr_g: float = 1.6e-4,
+        lr_d: float = 1.25e-4,
+        betas_g: tuple[float, float] = (0.5, 0.9),
+        betas_d: tuple[float, float] = (0.5, 0.9),
+        ema_decay: float = 0.999,
+        max_grad_norm: float | None = None,
+        eval_teacher: bool = True,
+        teacher_guidance_scale: float = 7.5,
+    ):
+        super().__init__(backbone)
+        self.save_hyperparameters(ignore=["backbone"])
+        self._check_config()
+        self.automatic_optimization = False
+        self.supported_steps = (num_steps,)
+        self.teacher_guidance_scale = teacher_guidance_scale
+        pretrained = backbone.unet
+        if eval_teacher:  # the evaluation's DPM-Solver++ baseline rows run on this copy; training never reads it
+            self.teacher_unet = copy.deepcopy(pretrained).requires_grad_(False).eval()
+        self.discriminator = self.build_discriminator(pretrained)
+        backbone.unet = add_latent_input(pretrained, nz, z_init_scale)
+        self.ema_unet = self.make_ema(backbone.unet)
+        levels = trailing_timesteps(num_steps, backbone.num_train_timesteps).flip(0)  # ascending t_1..t_T
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("prev_levels", torch.cat([levels.new_tensor([-1]), levels[:-1]]), persistent=False)
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+
+    def _check_config(self) -> None:
+        hp = self.hparams
+        T = self.backbone.num_train_timesteps
+        if not 1 <= hp.num_steps <= T:
+            raise ValueError(f"method.num_steps={hp.num_steps} must be in [1, {T}] (levels of the backbone's schedule)")
+        for key in ("nz", "r1_every"):
+            if hp[key] < 1:
+                raise ValueError(f"method.{key}={hp[key]} must be a positive integer")
+        if hp.r1_gamma < 0:
+            raise ValueError(f"method.r1_gamma={hp.r1_gamma} must be >= 0 (0 = no R1)")
+
+    # -- what a subclass defines --------------------------------------------------------------------------------
+    def build_discriminator(self, unet: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def d_losses(self, x0: torch.Tensor, cond: torch.Tensor, r1_weight: float) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def g_losses(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- generator, levels, training pair -----------------------------------------------------------------------
+    def generate(self, unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, z: torch.Tensor):
+        """x̂0 = G(x_t, t, c, z) (the backbone's ε/v output converted to x0)."""
+        z = z.to(next(unet.parameters()).dtype)
+        return self.backbone.denoise(unet, x_t, t, cond, timestep_cond=z)[0]
+
+    def draw_levels(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """t uniform over the T levels and s the level below it (−1 = clean below the first)."""
+        k = torch.randint(0, len(self.levels), (n,), device=self.levels.device)
+        return self.levels[k], self.prev_levels[k]
+
+    def training_pair(self, x0: torch.Tensor, cond: torch.Tensor) -> LevelPair:
+        """Real x_{t−1} ~ q(x_{t−1}|x0), x_t ~ q(x_t|x_{t−1}) (one forward step: a correlated pair); fake
+        x'_{t−1} ~ q(x_{t−1} | x_t, x̂0) with x̂0 = G(x_t, t, c, z), z ~ N(0, I). At the clean end (s = −1) the
+        real x_{t−1} is x0 itself and the posterior collapses to x̂0 (mean x̂0, variance 0)."""
+        acp = self.backbone.alphas_cumprod
+        t, s = self.draw_levels(x0.shape[0])
+        x_prev = q_sample(x0, s, torch.randn_like(x0), acp)
+        step_noise = torch.randn_like(x0)
+        x_t = q_step(x_prev, s, t, step_noise, acp)
+        z = torch.randn(x0.shape[0], self.hparams.nz, device=x0.device)
+        x0_hat = self.generate(self.backbone.unet, x_t, t, cond, z)
+        fake_prev = q_posterior_sample(x0_hat, x_t, t, s, torch.randn_like(x0_hat), acp)
+        return LevelPair(t, s, x_prev, x_t, step_noise, fake_prev)
+
+    @staticmethod
+    def d_time(pair: LevelPair) -> torch.Tensor:
+        """D's time input: the noise level of the sample it judges, x_{t−1} (0 for the clean end)."""
+        return pair.s.clamp(min=0)
+
+    # -- training: one D phase, then one G phase on a fresh pair --------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        bb, hp = self.backbone, self.hparams
+        g_opt, d_opt = self.optimizers()
+        # 1. data in model space and its text conditioning
+        x0, cond = bb.batch_to_x0(batch), bb.batch_to_cond(batch)
+        # 2. discriminator phase (G frozen): real pair vs posterior fake; lazy R1 on the real x_{t−1}
+        r1_weight = lazy_r1_weight(hp.r1_gamma, hp.r1_every, int(self.train_steps))
+        losses = adversarial_phase(self, d_opt, lambda: self.d_losses(x0, cond, r1_weight), hp.max_grad_norm)
+        # 3. generator phase (D frozen) on a fresh level and pair; then the EMA of G
+        losses |= adversarial_phase(self, g_opt, lambda: self.g_losses(x0, cond), hp.max_grad_norm)
+        self.update_ema(self.ema_unet, bb.unet, hp.ema_decay)
+        # 4. bookkeeping
+        self.train_steps += 1
+        self.count_images(x0.shape[0])
+        self.log_losses(losses, x0.shape[0])
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        g_opt = torch.optim.Adam(self.backbone.unet.parameters(), lr=hp.lr_g, betas=tuple(hp.betas_g))
+        d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=tuple(hp.betas_d))
+        return [g_opt, d_opt]
+
+    # -- sampling: the posterior chain over the trained levels -----------------------------------------------------
+    @torch.no_grad()
+    def sample(self, noise, prompts, steps, generator=None):
+        """x_T = noise; at each level x̂0 = G_ema(x_t, t, c, z) with fresh z, then x_{t−1} ~ q(x_{t−1} | x_t, x̂0);
+        the last level returns x̂0. z and the posterior noise come from `generator` (deterministic when seeded)."""
+        self.check_steps(steps)
+        bb = self.backbone
+        cond = bb.encode_prompts(prompts)
+        device = generator.device if generator is not None else noise.device
+        draw = lambda *shape: torch.randn(shape, generator=generator, device=device).to(noise.device)  # noqa: E731
+        x = noise.float()
+        for t, s in zip(self.levels.tolist()[::-1], self.prev_levels.tolist()[::-1]):
+            t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+            x0_hat = self.generate(self.ema_unet, x, t_batch, cond, draw(x.shape[0], self.hparams.nz))
+            if s < 0:
+                return x0_hat
+            x = q_posterior_sample(x0_hat, x, t, s, draw(*x.shape), bb.alphas_cumprod)
