@@ -1,0 +1,250 @@
+"""UFOGen: named losses, phases that touch only their own network, the marginal fake, sampling, checkpoints, runs."""
+
+import json
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fastgen.core import alpha_sigma
+from fastgen.fit import run
+from fastgen.methods.ufogen import UFOGen
+from fastgen.networks import MissingWeightsError, build_random, save_backbone
+
+PROMPTS = ["a handwritten digit one", "a handwritten digit seven", "a handwritten digit three", "a handwritten digit zero"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: one intra-op thread costs ~10x less CPU time than two busy-waiting ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def sampler(cache_dir):
+    return make_method(cache_dir).eval()
+
+
+def make_method(cache_dir, **kwargs):
+    kwargs.setdefault("eval_teacher", False)
+    return UFOGen(build_random("mnist_pixel", cache_dir=cache_dir), **kwargs)
+
+
+class RandomDigits(Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"image": torch.rand(1, 32, 32, generator=g) * 2 - 1, "prompt": PROMPTS[i % 4]}
+
+
+def fit(method, training_steps, callbacks=()):
+    """Train with a bare Trainer; `max_steps` counts optimizer steps (two per training step when D updates)."""
+    d_updates = sum(1 for k in range(training_steps) if k % method.hparams.d_every == 0)
+    trainer = L.Trainer(
+        max_steps=training_steps + d_updates, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+    )
+    trainer.fit(method, train_dataloaders=DataLoader(RandomDigits(), batch_size=2, shuffle=True))
+    return trainer
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def changed(module, before):
+    return {n for n, p in module.named_parameters() if not torch.equal(p, before[n])}
+
+
+def batch(method, n=2):
+    x0 = torch.rand(n, 1, 32, 32) * 2 - 1
+    return x0, method.backbone.encode_prompts(PROMPTS[:n])
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"gan_loss": "clamped_bce", "rec_weighting": "snr", "r1_gamma": 0.1, "d_every": 2}], ids=["softplus", "author"]
+)
+def test_named_losses_are_finite(cache_dir, options):
+    method = make_method(cache_dir, **options)
+    x0, cond = batch(method)
+    d = method.d_losses(x0, cond, r1_weight=0.05 if "r1_gamma" in options else 0.0)
+    g = method.g_losses(x0, cond)
+    assert set(d) == ({"d_real", "d_fake", "d_r1"} if "r1_gamma" in options else {"d_real", "d_fake"})
+    assert set(g) == {"g_adv", "g_rec"}
+    for key, value in {**d, **g}.items():
+        assert value.ndim == 0 and torch.isfinite(value), key
+    assert g["g_rec"] > 0
+
+
+def test_bad_options_name_the_config_key(cache_dir):
+    backbone = build_random("mnist_pixel", cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="method.gan_loss"):
+        UFOGen(backbone, gan_loss="hinge")
+    with pytest.raises(ValueError, match="method.rec_weighting"):
+        UFOGen(backbone, rec_weighting="edm")
+
+
+class RecordingD(nn.Module):
+    """Stands in for the discriminator: records its inputs, scores everything 0."""
+
+    def forward(self, x, t, cond, x_cond=None):
+        self.x, self.t = x.detach(), t
+        return x.sum(dim=(1, 2, 3)) * 0.0
+
+
+def test_fake_is_drawn_from_the_forward_marginal_of_the_prediction(cache_dir, monkeypatch):
+    """For a fixed x̂0 the fake x'_s seen by D has mean α_s x̂0 and variance σ_s² (per pixel), whatever x_t is:
+    the posterior q(x_s | x_t, x̂0) would follow x_t and have a smaller variance."""
+    method = make_method(cache_dir)
+    n, t, s = 4000, 700, 450
+    x0_hat = torch.linspace(-1, 1, 32 * 32).reshape(1, 1, 32, 32)
+    monkeypatch.setattr(method, "discriminator", RecordingD())
+    monkeypatch.setattr(method, "draw_times", lambda k, device: (torch.full((k,), t), torch.full((k,), s)))
+    monkeypatch.setattr(method.backbone, "denoise", lambda unet, x_t, t, cond: (x0_hat.expand_as(x_t), torch.zeros_like(x_t)))
+    x0 = torch.zeros(n, 1, 32, 32)
+    cond = method.backbone.encode_prompts(PROMPTS[:1]).expand(n, -1, -1)
+    alpha, sigma = alpha_sigma(method.backbone.alphas_cumprod, s, 4)
+    tol = 5 * sigma.item() / math.sqrt(n)
+    method.d_losses(x0, cond)
+    fakes = [method.discriminator.x[n:]]  # D sees [real, fake]
+    assert torch.equal(method.discriminator.t[n:], torch.full((n,), s))
+    method.g_losses(x0, cond)
+    fakes.append(method.discriminator.x)
+    for fake in fakes:
+        assert (fake.mean(0) - alpha[0] * x0_hat[0]).abs().max() < tol
+        assert (fake.var(0) / sigma.item() ** 2 - 1).abs().mean() < 0.02
+
+
+def test_each_phase_changes_only_its_own_network(cache_dir, monkeypatch):
+    # D phase alone: discriminator moves, generator and its EMA do not
+    method = make_method(cache_dir)
+    g0, d0, e0 = snapshot(method.backbone.unet), snapshot(method.discriminator), snapshot(method.ema_unet)
+    monkeypatch.setattr(UFOGen, "g_step", lambda self, x0, cond: {})
+    fit(method, 1)
+    assert changed(method.discriminator, d0)
+    assert not changed(method.backbone.unet, g0) and not changed(method.ema_unet, e0)
+    monkeypatch.undo()
+    # G phase alone: generator and EMA move, discriminator does not
+    g0, d0, e0 = snapshot(method.backbone.unet), snapshot(method.discriminator), snapshot(method.ema_unet)
+    monkeypatch.setattr(UFOGen, "d_step", lambda self, x0, cond: {})
+    fit(method, 1)
+    assert changed(method.backbone.unet, g0) and changed(method.ema_unet, e0)
+    assert not changed(method.discriminator, d0)
+
+
+def test_lora_trains_only_the_adapters(cache_dir, monkeypatch):
+    method = make_method(cache_dir, lora_rank=4)
+    g0 = snapshot(method.backbone.unet)
+    assert all("lora_" in n for n, p in method.backbone.unet.named_parameters() if p.requires_grad)
+    monkeypatch.setattr(UFOGen, "d_step", lambda self, x0, cond: {})
+    fit(method, 1)
+    moved = changed(method.backbone.unet, g0)
+    assert moved and all("lora_" in n for n in moved)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_sampling_shapes_and_determinism(sampler, steps):
+    noise = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def sample(seed):
+        return sampler.sample(noise, PROMPTS[:2], steps, generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = sample(1), sample(1), sample(2)
+    assert a.shape == (2, 1, 32, 32) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert torch.equal(a, c) == (steps == 1)  # fresh re-noising noise from the generator after every step but the last
+    assert sampler.nfe(steps) == steps
+
+
+def test_unsupported_step_count_is_refused(sampler):
+    with pytest.raises(ValueError, match=r"\(1, 2, 4, 8\)"):
+        sampler.sample(torch.randn(1, 1, 32, 32), PROMPTS[:1], 3)
+
+
+def test_checkpoint_round_trip_and_resume(experiment_cfg, tmp_path):
+    method = run(experiment_cfg("ufogen_mnist", "model=mnist_pixel_random"))
+    ckpt = torch.load(tmp_path / "runs/test_ufogen_mnist/checkpoints/last.ckpt", weights_only=True)
+    keys = ckpt["state_dict"].keys()
+    for prefix in ("backbone.unet.", "ema_unet.", "discriminator."):
+        assert any(k.startswith(prefix) for k in keys), prefix
+    assert not any(k.startswith(("backbone.text_encoder.", "backbone.vae.", "teacher_unet.")) for k in keys)
+    assert len(ckpt["optimizer_states"]) == 2
+
+    fresh = UFOGen(build_random("mnist_pixel", cache_dir=str(tmp_path)), eval_teacher=True)  # same frozen text encoder
+    assert changed(fresh.backbone.unet, snapshot(method.backbone.unet))  # trained one step away from the init
+    fresh.load_state_dict(ckpt["state_dict"])
+    for name in ("backbone.unet", "ema_unet", "discriminator"):
+        ours, theirs = method.get_submodule(name).state_dict(), fresh.get_submodule(name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    noise = torch.randn(2, 1, 32, 32)
+    same = [m.eval().sample(noise, PROMPTS[:2], 2, torch.Generator().manual_seed(0)) for m in (method, fresh)]
+    assert torch.equal(*same)
+
+    resumed = run(experiment_cfg("ufogen_mnist", "model=mnist_pixel_random", "ckpt_path=last", "trainer.max_steps=4"))
+    assert resumed.images_seen.item() == 8 and resumed.train_steps.item() == 2  # continued from 4 images, 1 step
+
+
+def test_short_run_losses_move_and_stay_finite(cache_dir):
+    history = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            history.append({k[6:]: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+    torch.manual_seed(0)
+    fit(make_method(cache_dir, lr_g=1e-3, lr_d=1e-3), 16, [Record()])
+    assert len(history) == 16
+    for key in ("d_real", "d_fake", "g_adv", "g_rec"):
+        values = [h[key] for h in history]
+        assert all(math.isfinite(v) for v in values), key
+        assert len(set(values)) > 8, key
+
+
+def write_image_folder(root, n=4, size=40):
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": f"a photo of thing {i}"}) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_sd15_experiment_runs_end_to_end_on_a_tiny_pipeline(experiment_cfg, tmp_path):
+    """The real SD path (weights from a diffusers directory, VAE, bf16-mixed, gradient checkpointing), tiny sizes."""
+    pipeline = save_backbone(build_random("tiny_latent", cache_dir=str(tmp_path)), tmp_path / "tiny-sd")
+    folder = write_image_folder(tmp_path / "images")
+    cfg = experiment_cfg("ufogen_sd15", f"model.pretrained={pipeline}", f"data.root={folder}", "data.resolution=32")
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.gradient_checkpointing
+    method = run(cfg)
+    assert method.images_seen.item() == 4 and method.backbone.vae is not None
+    assert method.trainer.global_step == 2  # one D and one G update
+
+
+def test_sd15_experiment_without_weights_fails_before_training(experiment_cfg, tmp_path):
+    with pytest.raises(Exception) as info:
+        run(experiment_cfg("ufogen_sd15", f"model.pretrained={tmp_path}/nowhere", f"data.root={tmp_path}"))
+    assert isinstance(info.value.__cause__ or info.value, MissingWeightsError)
+    assert "model.pretrained=/path/to/stable-diffusion-v1-5" in str(info.value)
+
+
+def test_tiny_experiment_runs(experiment_cfg, tmp_path):
+    folder = write_image_folder(tmp_path / "images")
+    method = run(experiment_cfg("ufogen_tiny", f"data.root={folder}"))
+    assert method.images_seen.item() == 4
