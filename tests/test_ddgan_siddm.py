@@ -36,8 +36,11 @@ def mnist_backbone():
     return build_random("mnist_pixel")
 
 
-def make(name, backbone, **kw):
-    return METHODS[name](copy.deepcopy(backbone), eval_teacher=False, **kw)
+def make(name, backbone, checkpointing=False, **kw):
+    backbone = copy.deepcopy(backbone)
+    if checkpointing:
+        backbone.unet.enable_gradient_checkpointing()
+    return METHODS[name](backbone, eval_teacher=False, **kw)
 
 
 def batch(n=3):
@@ -176,7 +179,9 @@ def train_one_step(m, monkeypatch):
 
 @pytest.mark.parametrize("name", ["ddgan", "siddm"])
 def test_one_step_named_losses_and_phase_owned_updates(mnist_backbone, monkeypatch, name):
-    m = make(name, mnist_backbone, nz=4, r1_gamma=1.0)  # step 0 is a lazy-R1 step
+    # step 0 is a lazy-R1 step; SIDDM's backbone checkpoints gradients (G keeps it, D drops it for R1)
+    m = make(name, mnist_backbone, checkpointing=name == "siddm", nz=4, r1_gamma=1.0)
+    assert m.backbone.unet.is_gradient_checkpointing == (name == "siddm")
     ema_before = [p.clone() for p in m.ema_unet.parameters()]
     changed, trainer = train_one_step(m, monkeypatch)
     expected = {"d_real", "d_fake", "d_r1", "g_adv"} | ({"g_afd"} if name == "siddm" else set())

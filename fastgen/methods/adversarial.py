@@ -1,4 +1,4 @@
-"""Pieces the adversarial methods share (DDGAN, SIDDM; UFOGen may adopt the first three).
+"""Pieces the adversarial methods share (DDGAN and SIDDM all of them; UFOGen the first three).
 
 - `adversarial_phase`: one manual-optimisation phase — only one optimizer's parameters trainable, named
   losses computed, their sum descended (optionally with gradient-norm clipping).
@@ -71,6 +71,15 @@ def discriminator_losses(
     return losses
 
 
+def disable_gradient_checkpointing(module: nn.Module) -> None:
+    """Switch off diffusers' gradient checkpointing in every block of `module`. R1 differentiates D's input
+    gradient again, with the math attention kernel; checkpointed blocks would recompute their attention
+    in the final backward with the default kernel, whose saved tensors differ (torch CheckpointError)."""
+    for block in module.modules():
+        if getattr(block, "gradient_checkpointing", False):
+            block.gradient_checkpointing = False
+
+
 # -- the latent-z generator ---------------------------------------------------------------------------------
 def add_latent_input(unet: nn.Module, nz: int, init_scale: float) -> nn.Module:
     """A copy of diffusers `unet` that takes a latent z [B, nz] as `timestep_cond`: `time_cond_proj_dim=nz`
@@ -139,6 +148,8 @@ class PosteriorChainGAN(FewStepMethod):
         if eval_teacher:  # the evaluation's DPM-Solver++ baseline rows run on this copy; training never reads it
             self.teacher_unet = copy.deepcopy(pretrained).requires_grad_(False).eval()
         self.discriminator = self.build_discriminator(pretrained)
+        if r1_gamma > 0:
+            disable_gradient_checkpointing(self.discriminator)
         backbone.unet = add_latent_input(pretrained, nz, z_init_scale)
         self.ema_unet = self.make_ema(backbone.unet)
         levels = trailing_timesteps(num_steps, backbone.num_train_timesteps).flip(0)  # ascending t_1..t_T

@@ -34,7 +34,8 @@ Deviations / open choices (config fields; defaults from METHODS.md and NVlabs/de
   half with a logit head (`UNetEncoderDiscriminator`), text-conditioned; the x_t input channels start at zero.
   D's time input is the noise level of x_{t−1} (0 at the clean end), as in the official code.
 - R1 uses StyleGAN2's lazy scaling (γ/2·r1_every every r1_every D steps; official code: γ/2, unscaled);
-  γ = 0.02, every 15 as for CIFAR-10. No cosine LR decay. `max_grad_norm` (default off) clips both networks.
+  γ = 0.02, every 15 as for CIFAR-10; with R1 on, D runs without gradient checkpointing (its double backward
+  and checkpoint recomputation do not mix). No cosine LR decay. `max_grad_norm` (default off) clips both networks.
 - `eval_teacher` keeps a frozen copy of the initial UNet as `teacher_unet` (not checkpointed) for the
   evaluation's DPM-Solver++ baseline rows, with CFG at `teacher_guidance_scale`.
 """
