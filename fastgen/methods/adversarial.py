@@ -5,6 +5,7 @@
 - `lazy_r1_weight`: StyleGAN2's lazy R1 schedule as the weight of this D update's penalty term.
 - `discriminator_losses`: D's named terms `d_real`, `d_fake` (and `d_r1`) on one real and one fake batch,
   with D's optional `x_cond` input (DDGAN's joint discriminator) passed to both.
+- `disable_gradient_checkpointing`: for a D trained with R1 (a double backward through the D).
 - `add_latent_input`: a copy of a diffusers UNet with a latent z input (DDGAN's G(x_t, t, z)).
 - `PosteriorChainGAN`: the DDGAN family (DDGAN, SIDDM): a generator G(x_t, t, z) → x̂0 over T levels,
   fakes drawn from the posterior q(x_{t−1} | x_t, x̂0), alternating D and G phases, posterior-chain sampling.
