@@ -1,0 +1,177 @@
+"""What the consistency-distillation methods (LCM, TSCD) share.
+
+- `teacher_solver_step`: the frozen teacher's one DDIM step t → s with classifier-free guidance applied to
+  both x̂0 and ε̂ (LCM, Luo et al. 2023, arXiv 2310.04378, eq. 8 and Alg. 1; TSCD, arXiv 2404.13686, Sec. 3.1).
+- `solver_grid_pairs`: (t_{n+k}, t_n) pairs on the skipping-step DDIM solver grid.
+- LoRA on the UNet with peft, with diffusers' LCM-LoRA target modules, saved in the format
+  `StableDiffusionPipeline.load_lora_weights` reads.
+- An EMA target that averages only the trainable parameters (all of them in full training, the LoRA
+  matrices in LoRA training), and the AdamW + linear-warmup optimizer both methods use.
+- `ConsistencyDistillation`: the FewStepMethod base of both, which sets up the frozen teacher (`teacher_unet`),
+  the optional LoRA, the optional EMA target, and exports the sampling network at the end of training.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastgen.core import append_dims, classifier_free_guidance, ddim_step, ema_update_, lcm_solver_grid
+from fastgen.methods.base import FewStepMethod
+
+# diffusers examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py: attention projections,
+# feed-forward, resnet convs and shortcuts, down/upsampler convs and the resnets' time-embedding projection.
+LORA_TARGET_MODULES = [
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+]
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def frozen_teacher(unet: nn.Module, dtype: str = "fp32") -> nn.Module:
+    """A frozen eval-mode copy of `unet` in `dtype` (`fp32`, or `bf16`/`fp16` to halve its memory and time)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"method.teacher_dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    teacher = copy.deepcopy(unet).requires_grad_(False).eval()
+    return teacher if teacher.dtype == DTYPES[dtype] else teacher.to(DTYPES[dtype])
+
+
+@torch.no_grad()
+def teacher_solver_step(backbone, teacher, x_t, t, s, cond, uncond, guidance_scale):
+    """x_s = α_s x̂0^w + σ_s ε̂^w: one DDIM step t → s of the teacher with CFG on x̂0 and ε̂.
+
+    `guidance_scale` is the CFG scale (uncond + scale·(cond − uncond); LCM's ω = scale − 1), a float or a
+    per-sample tensor [B]. A scale of exactly 1 skips the unconditional pass. `s` = −1 returns x̂0^w.
+    """
+    if not torch.is_tensor(guidance_scale) and guidance_scale == 1.0:
+        x0, eps = backbone.denoise(teacher, x_t, t, cond)
+        return ddim_step(x0, eps, s, backbone.alphas_cumprod)
+    x0, eps = backbone.denoise(teacher, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
+    scale = append_dims(torch.as_tensor(guidance_scale, device=x_t.device, dtype=x0.dtype), x_t.ndim)
+    x0 = classifier_free_guidance(*x0.chunk(2), scale)
+    eps = classifier_free_guidance(*eps.chunk(2), scale)
+    return ddim_step(x0, eps, s, backbone.alphas_cumprod)
+
+
+def solver_grid_pairs(batch_size: int, T: int, num_ddim_timesteps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t_start, t_prev) per sample: t_start uniform on the ascending solver grid k·j − 1 (j = 1..N, k = T // N;
+    [19, 39, ..., 999] for T = 1000, N = 50) and t_prev = max(t_start − k, 0), as diffusers' LCM script."""
+    grid = lcm_solver_grid(T, num_ddim_timesteps).to(device)
+    t_start = grid[torch.randint(0, len(grid), (batch_size,), device=device)]
+    return t_start, (t_start - T // num_ddim_timesteps).clamp(min=0)
+
+
+def empty_prompt_cond(backbone, like: torch.Tensor) -> torch.Tensor:
+    """The empty prompt's embedding expanded to the batch of `like` (the teacher's unconditional branch)."""
+    return backbone.encode_prompts([""]).to(like.dtype).expand_as(like)
+
+
+def sampling_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fresh N(0, I) noise shaped like `like`, drawn on the generator's device (as diffusers' `randn_tensor`)."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+# -- LoRA --------------------------------------------------------------------------------------------
+def add_lora(unet: nn.Module, rank: int, alpha: float | None = None) -> nn.Module:
+    """Freeze `unet` and add a peft LoRA adapter (B = 0 at init, so the UNet is unchanged); only it trains."""
+    from peft import LoraConfig
+
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"method.lora_rank must be a positive integer (or null for full training), got {rank!r}")
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=LORA_TARGET_MODULES, init_lora_weights=True))
+    return unet
+
+
+def save_lora(unet: nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write the UNet's LoRA as `out_dir/pytorch_lora_weights.safetensors` for
+    `StableDiffusionPipeline.load_lora_weights(out_dir)`, in peft's key format with its rank and alpha as metadata
+    (diffusers 0.42 drops the attention layers of a `convert_state_dict_to_diffusers` file on loading); the file
+    appears atomically."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    layers = get_peft_model_state_dict(unet)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        safe_serialization=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp / LORA_WEIGHTS_FILE, out / LORA_WEIGHTS_FILE)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_unet(unet: nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write a fully trained UNet as a diffusers folder (`UNet2DConditionModel.from_pretrained(out_dir)`),
+    into a temporary folder first and then renamed into place."""
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    unet.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+# -- EMA target and optimizer ------------------------------------------------------------------------
+def update_trainable_ema(ema: nn.Module, online: nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·online over the parameters `online` trains (ema is a deep copy of it)."""
+    pairs = [(e, o) for e, o in zip(ema.parameters(), online.parameters()) if o.requires_grad]
+    ema_update_([e for e, _ in pairs], [o for _, o in pairs], decay)
+
+
+def adamw_with_warmup(params, lr: float, betas, weight_decay: float, warmup_steps: int):
+    """AdamW with a linear warm-up to `lr` over `warmup_steps`, then constant (diffusers' LCM script)."""
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    warmup = max(1, warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+    return opt, sched
+
+
+class ConsistencyDistillation(FewStepMethod):
+    """Teacher, student (full or LoRA), target (EMA or none) and export, shared by LCM and TSCD."""
+
+    def init_networks(self, teacher_dtype="fp32", lora_rank=None, lora_alpha=None, target_ema_decay=None, make_student=None):
+        """teacher_unet ← frozen copy of the backbone's UNet; the student is the backbone's UNet (optionally rebuilt
+        by `make_student`, optionally with a LoRA); target_unet ← its EMA copy, or None (online under no_grad)."""
+        bb = self.backbone
+        self.teacher_unet = frozen_teacher(bb.unet, teacher_dtype)
+        if make_student is not None:
+            bb.unet = make_student(bb.unet)
+        self.lora = lora_rank is not None
+        if self.lora:
+            add_lora(bb.unet, lora_rank, lora_alpha)
+        self.target_ema_decay = target_ema_decay
+        self.target_unet = self.make_ema(bb.unet) if target_ema_decay is not None else None
+
+    @property
+    def sampling_unet(self) -> nn.Module:
+        """The network samples come from: the EMA target when there is one, else the online student."""
+        return self.target_unet if self.target_unet is not None else self.backbone.unet
+
+    def update_target(self) -> None:
+        if self.target_unet is not None:
+            update_trainable_ema(self.target_unet, self.backbone.unet, self.target_ema_decay)
+
+    def configure_optimizers(self):
+        """AdamW with warm-up on the student's trainable parameters (hparams lr, betas, weight_decay, warmup_steps)."""
+        hp = self.hparams
+        opt, sched = adamw_with_warmup(self.backbone.unet.parameters(), hp.lr, hp.betas, hp.weight_decay, hp.warmup_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_end(self):
+        """Export the sampling network to `export_dir`: its LoRA (diffusers format) or the full UNet."""
+        export_dir = self.hparams.get("export_dir")
+        if export_dir and self.trainer.is_global_zero:
+            (save_lora if self.lora else export_unet)(self.sampling_unet, export_dir)
+            print(f"[fastgen] {self.name} exported to {export_dir}")

@@ -1,0 +1,182 @@
+"""Latent Consistency Models (Luo et al. 2023, arXiv 2310.04378) and LCM-LoRA (Luo et al. 2023, arXiv 2311.05556).
+
+The student is a consistency function of the teacher's parameterisation (LCM eq. 9):
+    f_θ(x, t, ω, c) = c_skip(t)·x + c_out(t)·x̂0_θ(x, t, ω, c),
+    c_skip = σ_d²/((10t)² + σ_d²), c_out = 10t/sqrt((10t)² + σ_d²), σ_d = 0.5,
+so f_θ(x, 0) = x. Consistency distillation with a guided teacher solver (LCM eq. 10, Alg. 1):
+    x_{t_{n+k}} ~ q(x_t | x0),  x̂_{t_n} = DDIM_teacher^ω(x_{t_{n+k}}, t_{n+k} → t_n)   (CFG inside the solver),
+    L = d( f_θ(x_{t_{n+k}}, t_{n+k}, ω, c),  f_θ⁻(x̂_{t_n}, t_n, ω, c) ),
+on the 50-step DDIM grid {19, 39, ..., 999} with skipping step k = 20 (t_n = max(t_{n+k} − 20, 0)) and d the
+pseudo-Huber distance (c = 0.001) or L2.
+
+Variants (one class, chosen by config):
+- Full LCM (`lora_rank: null`): ω is drawn per sample and the student is conditioned on it — a new UNet with
+  `time_cond_proj_dim` = `guidance_embed_dim` (256) whose `time_embedding.cond_proj` adds the sinusoidal
+  embedding of 1000·ω to the time embedding; the teacher's weights are loaded around it. The target f_θ⁻ is an
+  EMA of the student (decay 0.95).
+- LCM-LoRA (`lora_rank: 64`): a peft LoRA on the UNet's attention projections, feed-forward layers, convs and
+  `time_emb_proj` is the only thing trained; ω is fixed (no ω input), and there is no separate target — the
+  online network, under no_grad, gives f_θ⁻ (`target_ema_decay: null`). At the end of training the LoRA is
+  written to `export_dir` in the format `StableDiffusionPipeline.load_lora_weights(export_dir)` reads.
+
+Guidance convention: configs give CFG *scales* s (uncond + s·(cond − uncond), as every fastgen method and
+diffusers pipeline), LCM's ω = s − 1 (the teacher x̂0_c + ω(x̂0_c − x̂0_u)). The student embeds ω = s − 1, in
+training and in sampling, which is what diffusers' `LatentConsistencyModelPipeline` does with its
+`guidance_scale` (it embeds guidance_scale − 1): a model trained here samples in that pipeline with the same s.
+
+Loss key logged: `consistency`. Sampling: LCM's multistep consistency sampler (LCMScheduler): timesteps
+`lcm_timesteps(N)` on the 50-point grid (1 → [999], 2 → [999, 499], 4 → [999, 759, 499, 259]); each step
+takes the consistency output and, except at the last step, re-noises it to the next timestep with fresh noise.
+One network evaluation per step (ω is an input, not CFG). The full variant samples with the EMA target (the
+network diffusers' script exports), the LoRA variant with the online network.
+
+Deviations / open choices:
+- `time_embedding.cond_proj` is zero-initialised, so the student starts exactly equal to the teacher
+  (diffusers' script leaves PyTorch's default random init).
+- The teacher's unconditional branch is the empty prompt's embedding (how fastgen teachers drop prompts).
+- ω defaults: s ∈ [6, 16] (ω ∈ [5, 15], the diffusers script; the paper uses ω ∈ [2, 14]); LoRA s = 8.5 (ω = 7.5).
+- `teacher_dtype: bf16` runs the frozen teacher in bf16 (the diffusers script casts it to the mixed-precision
+  dtype); the student and its EMA stay fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastgen.core import consistency_output, guidance_scale_embedding, lcm_timesteps, mse, pseudo_huber, q_sample
+from fastgen.methods.consistency_common import (
+    ConsistencyDistillation,
+    empty_prompt_cond,
+    sampling_noise,
+    solver_grid_pairs,
+    teacher_solver_step,
+)
+
+LOSSES = ("huber", "l2")
+
+
+def add_guidance_embedding(unet, dim: int):
+    """A copy of `unet` with `time_cond_proj_dim=dim` (LCM's ω input), teacher weights loaded, the new
+    projection zero-initialised so its output equals the teacher's for every ω."""
+    from diffusers import UNet2DConditionModel
+
+    student = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=dim)
+    result = student.load_state_dict(unet.state_dict(), strict=False)
+    if result.unexpected_keys or set(result.missing_keys) != {"time_embedding.cond_proj.weight"}:
+        raise RuntimeError(f"loading the teacher into the ω-conditioned student: missing {result.missing_keys}, "
+                           f"unexpected {result.unexpected_keys}")
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    if unet.is_gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    return student
+
+
+class LCM(ConsistencyDistillation):
+    name = "lcm"
+
+    def __init__(
+        self,
+        backbone,
+        lr: float = 1e-6,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 500,
+        grad_clip: float = 1.0,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        guidance_min: float = 6.0,
+        guidance_max: float = 16.0,
+        guidance_embed_dim: int | None = 256,
+        sample_guidance: float = 9.0,
+        target_ema_decay: float | None = 0.95,
+        num_ddim_timesteps: int = 50,
+        loss: str = "huber",
+        huber_c: float = 0.001,
+        sigma_data: float = 0.5,
+        timestep_scaling: float = 10.0,
+        teacher_dtype: str = "fp32",
+        export_dir: str | None = None,
+    ):
+        super().__init__(backbone)
+        self.save_hyperparameters(ignore=["backbone"])
+        if loss not in LOSSES:
+            raise ValueError(f"method.loss={loss!r} is not one of {LOSSES}")
+        if not 1.0 <= guidance_min <= guidance_max:
+            raise ValueError(f"need 1 <= method.guidance_min <= method.guidance_max (CFG scales), got {guidance_min}, {guidance_max}")
+        if lora_rank is not None and guidance_embed_dim:
+            raise ValueError("LCM-LoRA has no ω input (a stock SD pipeline could not load it): set method.guidance_embed_dim=null")
+        self.init_networks(
+            teacher_dtype, lora_rank, lora_alpha, target_ema_decay,
+            make_student=(lambda unet: add_guidance_embedding(unet, guidance_embed_dim)) if guidance_embed_dim else None,
+        )
+        if self.lora:
+            self.name = "lcm_lora"
+        # sampling: ω is an input (one evaluation per step); the baseline compares with the teacher at that scale
+        self.sample_guidance = sample_guidance if guidance_embed_dim else guidance_max
+        self.guidance_scale = self.sample_guidance if guidance_embed_dim else 0.0
+        self.teacher_guidance_scale = self.sample_guidance
+
+    def nfe(self, steps: int) -> int:
+        return steps
+
+    # -- the consistency function ----------------------------------------------------------------------
+    def guidance_embedding(self, scale: torch.Tensor) -> torch.Tensor | None:
+        """Embedding of ω = scale − 1 for the ω-conditioned student (None without ω input)."""
+        dim = self.hparams.guidance_embed_dim
+        return guidance_scale_embedding(scale - 1.0, dim) if dim else None
+
+    def consistency(self, unet, x_t, t, cond, w_emb):
+        """f(x_t, t) = c_skip(t)·x_t + c_out(t)·x̂0(x_t, t) (LCM eq. 9)."""
+        kwargs = {"timestep_cond": w_emb.to(next(unet.parameters()).dtype)} if w_emb is not None else {}
+        x0_hat, _ = self.backbone.denoise(unet, x_t, t, cond, **kwargs)
+        return consistency_output(x_t.float(), x0_hat, t, self.hparams.sigma_data, self.hparams.timestep_scaling)
+
+    def distance(self, a, b):
+        return pseudo_huber(a, b, self.hparams.huber_c) if self.hparams.loss == "huber" else mse(a, b)
+
+    # -- training ------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        bb, hp = self.backbone, self.hparams
+        # 1. data in model space; prompt and empty-prompt embeddings (the teacher's CFG branches)
+        x0 = bb.batch_to_x0(batch).float()
+        cond = bb.batch_to_cond(batch)
+        uncond = empty_prompt_cond(bb, cond)
+        # 2. t_{n+k} on the solver grid, t_n = max(t_{n+k} − k, 0); x_{t_{n+k}} ~ q(x_t | x0)
+        t_start, t_prev = solver_grid_pairs(x0.shape[0], bb.num_train_timesteps, hp.num_ddim_timesteps, x0.device)
+        x_t = q_sample(x0, t_start, torch.randn_like(x0), bb.alphas_cumprod)
+        # 3. a CFG scale per sample (fixed when min = max) and the student's ω-embedding of it
+        scale = hp.guidance_min + (hp.guidance_max - hp.guidance_min) * torch.rand(x0.shape[0], device=x0.device)
+        w_emb = self.guidance_embedding(scale)
+        # 4. the student's consistency output at t_{n+k}
+        pred = self.consistency(bb.unet, x_t, t_start, cond, w_emb)
+        with torch.no_grad():
+            # 5. the teacher's guided DDIM step t_{n+k} → t_n
+            x_prev = teacher_solver_step(bb, self.teacher_unet, x_t, t_start, t_prev, cond, uncond, scale)
+            # 6. the target at t_n: EMA student, or the online network under no_grad (LoRA)
+            target = self.consistency(self.sampling_unet, x_prev, t_prev, cond, w_emb)
+        # 7. pseudo-Huber (or L2) between the two
+        loss = self.distance(pred, target)
+        self.count_images(x0.shape[0])
+        self.log_losses({"consistency": loss}, x0.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.update_target()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+
+    # -- sampling ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, noise, prompts, steps, generator=None):
+        """LCM multistep sampling (LCMScheduler): consistency output, re-noised to the next timestep."""
+        bb = self.backbone
+        timesteps = lcm_timesteps(steps, bb.num_train_timesteps, self.hparams.num_ddim_timesteps).to(noise.device)
+        cond = bb.encode_prompts(prompts)
+        w_emb = self.guidance_embedding(torch.full((noise.shape[0],), self.sample_guidance, device=noise.device))
+        x = noise.float()
+        for i, t in enumerate(timesteps):
+            x = self.consistency(self.sampling_unet, x, t.expand(x.shape[0]), cond, w_emb)
+            if i + 1 < len(timesteps):
+                x = q_sample(x, timesteps[i + 1], sampling_noise(x, generator), bb.alphas_cumprod)
+        return x

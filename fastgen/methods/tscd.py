@@ -1,0 +1,266 @@
+"""Trajectory Segmented Consistency Distillation — the consistency stage of Hyper-SD (Ren et al., NeurIPS 2024,
+arXiv 2404.13686, Sec. 3.1), on top of TCD's DDIM-map parameterisation (Zheng et al. 2024, arXiv 2402.19159).
+
+[0, T] is split into k equal segments and consistency distillation happens *inside* each one: every point is
+mapped to the lower boundary t_b of its segment, not to t = 0. Per sample:
+    t_n uniform on the DDIM solver grid {19, 39, ..., 999} (skip Δ = T/50 = 20),
+    t_b = the lower boundary of t_n's segment,  t_{n−1} = max(t_n − Δ, t_b),
+    x_{t_n} ~ q(x_t | x0),  x̂_{t_{n−1}} = DDIM_teacher^CFG(x_{t_n}, t_n → t_{n−1}),
+    Φ(x, t → s) = α_s x̂0(x, t) + σ_s ε̂(x, t)                   (the DDIM map with the network's x̂0, ε̂),
+    L_consistency = ‖Φ_θ(x_{t_n}, t_n → t_e) − Φ_θ⁻(x̂_{t_{n−1}}, t_{n−1} → t_e)‖²   (MSE),
+with t_e = t_b, or t_e ~ U{t_b, ..., t_{n−1}} in the soft variant (`soft_end_time`). Φ(x, s → s) = x, so when the
+teacher's step lands on the boundary the target is the teacher's x̂_{t_b} itself (and at t_e = −1 the map is x̂0).
+θ⁻ is an EMA of the student (0.95), or the online student under no_grad (`target_ema_decay: null`).
+
+Progressive stages: `segments: [8, 4, 2, 1]` with `stage_kimg` (thousands of images per stage) in one run; each
+stage continues from the previous stage's weights; after the last listed stage ends the run stays in it. The
+current stage and k are buffers (`stage`, `segments_now`, saved in checkpoints: a resumed run continues in its
+stage) and k is logged as `train/segments`.
+
+Timestep index convention (exact): a timestep index t ∈ [0, T−1] is the point τ = t + 1 ∈ [1, T] of the
+trailing grid (whose N-step timesteps are round(T − i·T/N) − 1). Segment boundaries are τ_j = round(j·T/k),
+j = 0..k; the segment of t is the j with τ_j < t + 1 ≤ τ_{j+1}, and its boundary timestep is t_b = τ_j − 1, with
+t_b = −1 ("clean") for the lowest segment. For T/k an integer this is t_b = floor(t/(T/k))·(T/k) − 1: for k = 8,
+t = 999 → 874, t = 874 → 749, t = 124 → −1. So the boundaries are exactly the N = k-step trailing sampling grid,
+and a point on a boundary belongs to the segment below it (the sampler's next step starts there).
+
+Optional terms (off by default):
+- `adv_weights` (one weight per stage, e.g. rising as k falls): a non-saturating GAN term on Φ_θ(x_{t_n} → t_e)
+  against real q(x_{t_e} | x0), judged by `UNetEncoderDiscriminator` (the teacher UNet's encoder, conditioned on
+  t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and `d_real`, `d_fake`).
+- `reward_fn` (a callable pixels in [-1, 1], prompts -> differentiable scores [B], e.g. `AestheticReward`, the
+  LAION aesthetic predictor of fastgen/eval/aesthetic.py) with `reward_weight`: the hinge
+  reward_weight·mean(relu(reward_margin − score)) on the decoded student x̂0(x_{t_n}); logged as `reward`.
+
+Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of the last stage is what it was trained
+for), the last step to the clean sample; guidance 0 (one evaluation per step). `sample_eta` = γ > 0 gives TCD's
+stochastic step: DDIM to s = floor((1 − γ)·t_next), then forward-noise to t_next (γ = 1: the LCM-style sampler).
+
+Deviations / open choices:
+- The teacher's step is clamped at the boundary (t_{n−1} = max(t_n − Δ, t_b)) so it never leaves the segment;
+  the 50-step solver grid does not contain the boundaries for k = 8 (multiples of 125).
+- Sampling ends at the clean sample (t = −1); diffusers' DDIMScheduler for SD1.5 (`set_alpha_to_one=False`) and
+  TCDScheduler end at t = 0 (σ_0 ≈ 0.03).
+- Teacher CFG scale `teacher_guidance_scale` 7.5 (SD1.5's default; Hyper-SD does not state it); the
+  unconditional branch is the empty prompt. Stage lengths and the adversarial/reward weights are config values.
+- The one-step DMD stage of Hyper-SD and ImageReward feedback are not implemented.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fastgen.core import append_dims, d_loss_softplus, ddim_step, g_loss_softplus, mse, q_sample, q_step, trailing_timesteps
+from fastgen.methods.consistency_common import (
+    ConsistencyDistillation,
+    empty_prompt_cond,
+    sampling_noise,
+    solver_grid_pairs,
+    teacher_solver_step,
+)
+
+
+def segment_boundary(t: torch.Tensor, k: int, T: int = 1000) -> torch.Tensor:
+    """Lower-boundary timestep t_b of the segment of each t among k equal segments of [0, T] (see module doc):
+    τ_j = round(j·T/k); t_b = τ_j − 1 for τ_j < t + 1 ≤ τ_{j+1}; −1 (clean) in the lowest segment."""
+    tau = torch.tensor([round(j * T / k) for j in range(k + 1)], device=t.device)
+    j = torch.bucketize(t + 1, tau, right=False) - 1
+    return tau[j] - 1
+
+
+class AestheticReward:
+    """Differentiable LAION aesthetic score (fastgen.eval.aesthetic's predictor) of pixels in [-1, 1]: a `reward_fn`.
+
+    `weights`: sac+logos+ava1-l14-linearMSE.pth; `clip_pretrained`: OpenAI ViT-L/14 weights (tag or file).
+    A plain callable (not a module), so its frozen weights stay out of the method's checkpoints.
+    """
+
+    def __init__(self, weights: str, clip_model: str = "ViT-L-14", clip_pretrained: str | None = None):
+        from fastgen.eval.aesthetic import load_aesthetic_scorer
+
+        scorer = load_aesthetic_scorer(weights, clip_model, clip_pretrained)
+        if scorer is None:
+            raise ValueError(
+                "the aesthetic reward needs the LAION predictor and its CLIP: set method.reward_fn.weights="
+                "/path/to/sac+logos+ava1-l14-linearMSE.pth and method.reward_fn.clip_pretrained=openai (or a file)"
+            )
+        self.mlp, self.clip = scorer.mlp.requires_grad_(False), scorer.clip_model
+
+    def __call__(self, pixels: torch.Tensor, prompts=None) -> torch.Tensor:
+        from fastgen.eval.open_clip_models import clip_preprocess
+
+        self.mlp.to(pixels.device), self.clip.to(pixels.device)
+        x = clip_preprocess((pixels.float().clamp(-1, 1) + 1) * 127.5, self.clip)
+        return self.mlp(F.normalize(self.clip.encode_image(x).float(), dim=-1)).squeeze(-1)
+
+
+def decode_with_grad(backbone, x0: torch.Tensor) -> torch.Tensor:
+    """Model space -> pixels in [-1, 1], differentiable (Backbone.decode runs under no_grad)."""
+    if backbone.vae is None:
+        return x0
+    return backbone.vae.decode((x0 / backbone.vae_scaling_factor).to(backbone.vae.dtype)).sample.float()
+
+
+class TSCD(ConsistencyDistillation):
+    name = "tscd"
+
+    def __init__(
+        self,
+        backbone,
+        lr: float = 1e-6,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 500,
+        grad_clip: float = 1.0,
+        segments: tuple[int, ...] = (8, 4, 2, 1),
+        stage_kimg: tuple[float, ...] = (100.0, 100.0, 100.0, 100.0),
+        soft_end_time: bool = False,
+        teacher_guidance_scale: float = 7.5,
+        num_ddim_timesteps: int = 50,
+        target_ema_decay: float | None = 0.95,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        adv_weights: tuple[float, ...] | None = None,
+        disc_lr: float = 1e-5,
+        reward_fn=None,
+        reward_weight: float = 0.0,
+        reward_margin: float = 6.0,
+        sample_eta: float = 0.0,
+        teacher_dtype: str = "fp32",
+        export_dir: str | None = None,
+    ):
+        super().__init__(backbone)
+        self.save_hyperparameters(ignore=["backbone", "reward_fn"])
+        self.automatic_optimization = False
+        self.segments, self.stage_ends = self._check_stages(segments, stage_kimg, adv_weights)
+        if not 0.0 <= sample_eta <= 1.0:
+            raise ValueError(f"method.sample_eta (TCD's gamma) must be in [0, 1], got {sample_eta}")
+        if reward_weight and reward_fn is None:
+            raise ValueError("method.reward_weight > 0 needs method.reward_fn (e.g. fastgen.methods.tscd.AestheticReward)")
+        self.adv_weights = list(adv_weights) if adv_weights else None
+        if self.adv_weights:
+            from fastgen.networks.discriminators import UNetEncoderDiscriminator
+
+            self.discriminator = UNetEncoderDiscriminator(backbone.unet)  # the teacher's encoder, fp32, trainable
+        self.reward_fn = reward_fn
+        self.init_networks(teacher_dtype, lora_rank, lora_alpha, target_ema_decay)
+        self.teacher_guidance_scale = teacher_guidance_scale
+        self.guidance_scale = 0.0
+        self.register_buffer("stage", torch.zeros((), dtype=torch.long))
+        self.register_buffer("segments_now", torch.tensor(self.segments[0], dtype=torch.long))
+
+    @staticmethod
+    def _check_stages(segments, stage_kimg, adv_weights):
+        segments, stage_kimg = [int(k) for k in segments], [float(s) for s in stage_kimg]
+        if not segments or any(k < 1 for k in segments):
+            raise ValueError(f"method.segments must be a non-empty list of positive integers, e.g. [8, 4, 2, 1]; got {segments}")
+        if len(stage_kimg) != len(segments) or any(s <= 0 for s in stage_kimg):
+            raise ValueError(f"method.stage_kimg needs one positive length (kimg) per stage of method.segments={segments}; got {stage_kimg}")
+        if adv_weights and len(adv_weights) != len(segments):
+            raise ValueError(f"method.adv_weights needs one weight per stage of method.segments={segments}; got {list(adv_weights)}")
+        return segments, [sum(stage_kimg[: i + 1]) for i in range(len(stage_kimg))]
+
+    # -- stages --------------------------------------------------------------------------------------
+    def advance_stage(self) -> int:
+        """Move to the stage the images seen so far fall in (never back); returns its number of segments k."""
+        stage = int(self.stage)
+        while stage + 1 < len(self.segments) and self.kimg >= self.stage_ends[stage]:
+            stage += 1
+            print(f"[fastgen] tscd: stage {stage + 1}/{len(self.segments)} at {self.kimg:g} kimg, k = {self.segments[stage]} segments")
+        self.stage.fill_(stage)
+        self.segments_now.fill_(self.segments[stage])
+        return self.segments[stage]
+
+    # -- the DDIM map with a network's prediction ----------------------------------------------------
+    def ddim_map(self, unet, x_t, t, s, cond):
+        """Φ(x_t, t → s) = α_s x̂0 + σ_s ε̂ (and x̂0)."""
+        x0_hat, eps_hat = self.backbone.denoise(unet, x_t, t, cond)
+        return ddim_step(x0_hat, eps_hat, s, self.backbone.alphas_cumprod), x0_hat
+
+    def consistency_pair(self, x0, noise, t_n, cond, uncond, k):
+        """(student Φ_θ(x_{t_n}, t_n → t_e) with its x̂0, target Φ_θ⁻(x̂_{t_{n−1}}, t_{n−1} → t_e), t_e) for k segments."""
+        bb, hp = self.backbone, self.hparams
+        t_b = segment_boundary(t_n, k, bb.num_train_timesteps)
+        t_prev = torch.maximum(t_n - bb.num_train_timesteps // hp.num_ddim_timesteps, t_b)
+        t_end = t_b
+        if hp.soft_end_time:  # uniform on {t_b, ..., t_{n−1}}
+            t_end = t_b + (torch.rand(t_b.shape, device=t_b.device) * (t_prev - t_b + 1)).long().clamp(max=t_prev - t_b)
+        x_t = q_sample(x0, t_n, noise, bb.alphas_cumprod)
+        student, x0_hat = self.ddim_map(bb.unet, x_t, t_n, t_end, cond)
+        with torch.no_grad():
+            x_prev = teacher_solver_step(bb, self.teacher_unet, x_t, t_n, t_prev, cond, uncond, hp.teacher_guidance_scale)
+            mapped, _ = self.ddim_map(self.sampling_unet, x_prev, t_prev.clamp(min=0), t_end, cond)
+            at_end = append_dims(t_prev == t_end, x0.ndim)  # Φ(x, s → s) = x; also covers t_{n−1} = −1
+            target = torch.where(at_end, x_prev, mapped)
+        return student, x0_hat, target, t_end
+
+    # -- training ------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        bb, hp = self.backbone, self.hparams
+        opts = self.optimizers()
+        opt_g, opt_d = (opts if isinstance(opts, list) else (opts, None))
+        # 1. the current stage's k; data, prompt and empty-prompt embeddings
+        k = self.advance_stage()
+        x0 = bb.batch_to_x0(batch).float()
+        cond = bb.batch_to_cond(batch)
+        uncond = empty_prompt_cond(bb, cond)
+        # 2. t_n on the solver grid; student and target mapped to its segment boundary (teacher's DDIM step between)
+        t_n, _ = solver_grid_pairs(x0.shape[0], bb.num_train_timesteps, hp.num_ddim_timesteps, x0.device)
+        student, x0_hat, target, t_end = self.consistency_pair(x0, torch.randn_like(x0), t_n, cond, uncond, k)
+        losses = {"consistency": mse(student, target)}
+        loss = losses["consistency"]
+        # 3. optional adversarial term on the student's boundary sample
+        adv_weight = self.adv_weights[int(self.stage)] if self.adv_weights else 0.0
+        if adv_weight:
+            losses["adv"] = g_loss_softplus(self.discriminator(student, t_end.clamp(min=0), cond))
+            loss = loss + adv_weight * losses["adv"]
+        # 4. optional reward hinge on the decoded student x̂0
+        if hp.reward_weight:
+            score = self.reward_fn(decode_with_grad(bb, x0_hat), batch.get("prompt"))
+            losses["reward"] = F.relu(hp.reward_margin - score).mean()
+            loss = loss + hp.reward_weight * losses["reward"]
+        # 5. generator step, then the EMA target
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        self.lr_schedulers().step()
+        self.update_target()
+        # 6. discriminator step: real q(x_{t_e} | x0) against the (detached) student sample
+        if adv_weight:
+            real = q_sample(x0, t_end, torch.randn_like(x0), bb.alphas_cumprod)
+            t_d = t_end.clamp(min=0)
+            d_real, d_fake = d_loss_softplus(self.discriminator(real, t_d, cond), self.discriminator(student.detach(), t_d, cond))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_real + d_fake)
+            opt_d.step()
+            losses.update(d_real=d_real, d_fake=d_fake)
+        self.count_images(x0.shape[0])
+        self.log_losses(losses, x0.shape[0])
+        self.log("train/segments", float(k), on_step=True, on_epoch=False, batch_size=x0.shape[0])
+
+    def configure_optimizers(self):
+        student = super().configure_optimizers()
+        if not self.adv_weights:
+            return student
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=self.hparams.disc_lr, betas=tuple(self.hparams.betas))
+        return [student["optimizer"], opt_d], [student["lr_scheduler"]]
+
+    # -- sampling ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, noise, prompts, steps, generator=None):
+        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when sample_eta > 0."""
+        bb, eta = self.backbone, self.hparams.sample_eta
+        timesteps = trailing_timesteps(steps, bb.num_train_timesteps).tolist() + [-1]
+        cond = bb.encode_prompts(prompts)
+        x = noise.float()
+        for t, t_next in zip(timesteps[:-1], timesteps[1:]):
+            stochastic = eta > 0 and t_next >= 0
+            s = math.floor((1 - eta) * t_next) if stochastic else t_next
+            x, _ = self.ddim_map(self.sampling_unet, x, torch.full((x.shape[0],), t, device=x.device), s, cond)
+            if stochastic:
+                x = q_step(x, s, t_next, sampling_noise(x, generator), bb.alphas_cumprod)
+        return x
