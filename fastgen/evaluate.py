@@ -44,14 +44,17 @@ def evaluate(cfg):
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     method, datamodule, config, run_dir = build_method(cfg, device)
     settings = eval_settings(cfg.eval)
-    if method.name == "dpm_solver":
-        settings.steps = settings.baseline_steps
     settings.leaderboard = settings.leaderboard or str(run_dir / "leaderboard.csv")
     suite = MetricSuite.load(settings, datamodule, device)
     experiment = config.get("run_name", "")
-    rows = run_eval(method, datamodule, settings, out_dir=run_dir, experiment=experiment,
-                    run_id=f"{experiment or method.name}-{Path(cfg.ckpt).stem if cfg.ckpt else 'eval'}",
-                    checkpoint=str(cfg.ckpt or ""), suite=suite)
+    if method.name == "dpm_solver":  # the same cached rows every distilled method's evaluation shows
+        from fastgen.eval.baseline import baseline_rows
+
+        rows = baseline_rows(method, datamodule, settings, suite, out_dir=run_dir, experiment=experiment)
+    else:
+        rows = run_eval(method, datamodule, settings, out_dir=run_dir, experiment=experiment,
+                        run_id=f"{experiment or method.name}-{Path(cfg.ckpt).stem if cfg.ckpt else 'eval'}",
+                        checkpoint=str(cfg.ckpt or ""), suite=suite)
     if cfg.real_data:
         rows.append(real_data_row(datamodule, settings, experiment=experiment, suite=suite))
     import pandas as pd

@@ -62,8 +62,13 @@ class DPMSolverBaseline(FewStepMethod):
     def __init__(self, backbone, guidance_scale: float = 7.5):
         super().__init__(backbone)
         self.save_hyperparameters(ignore=["backbone"])
-        self.guidance_scale = guidance_scale
+        self.guidance_scale = self.teacher_guidance_scale = guidance_scale
         backbone.unet.requires_grad_(False).eval()
+
+    @property
+    def teacher_unet(self):
+        """The teacher is the backbone's UNet: the evaluation's baseline cache is shared with distilled methods."""
+        return self.backbone.unet
 
     def sample(self, noise, prompts, steps, generator=None):
         return dpm_solver_sample(self.backbone, self.backbone.unet, noise, prompts, steps, self.guidance_scale)
