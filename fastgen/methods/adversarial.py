@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import contextlib
 import copy
 from typing import Callable, NamedTuple
@@ -170,14 +172,17 @@ class PosteriorChainGAN(FewStepMethod):
             raise ValueError(f"method.r1_gamma={hp.r1_gamma} must be >= 0 (0 = no R1)")
 
     # -- what a subclass defines --------------------------------------------------------------------------------
+    @abc.abstractmethod
     def build_discriminator(self, unet: nn.Module) -> nn.Module:
-        raise NotImplementedError
+        """The method's discriminator, D(x, t, cond, x_cond=None) -> logits."""
 
+    @abc.abstractmethod
     def d_losses(self, x0: torch.Tensor, cond: torch.Tensor, r1_weight: float) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Named discriminator-phase loss terms."""
 
+    @abc.abstractmethod
     def g_losses(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Named generator-phase loss terms."""
 
     # -- generator, levels, training pair -----------------------------------------------------------------------
     def generate(self, unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, z: torch.Tensor):
