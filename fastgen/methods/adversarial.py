@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import abc
-
 import contextlib
 import copy
 from typing import Callable, NamedTuple
