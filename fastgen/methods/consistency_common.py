@@ -6,7 +6,7 @@
 - LoRA on the UNet with peft, with diffusers' LCM-LoRA target modules, saved in the format
   `StableDiffusionPipeline.load_lora_weights` reads.
 - An EMA target that averages only the trainable parameters (all of them in full training, the LoRA
-  matrices in LoRA training), and the AdamW + linear-warmup optimizer both methods use.
+  matrices in LoRA training).
 - `ConsistencyDistillation`: the FewStepMethod base of both, which sets up the frozen teacher (`teacher_unet`),
   the optional LoRA, the optional EMA target, and exports the sampling network at the end of training.
 """
@@ -23,6 +23,7 @@ from torch import nn
 
 from fastgen.core import append_dims, classifier_free_guidance, ddim_step, ema_update_, lcm_solver_grid
 from fastgen.methods.base import FewStepMethod
+from fastgen.methods.optim import adamw_with_schedule
 
 # diffusers examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py: attention projections,
 # feed-forward, resnet convs and shortcuts, down/upsampler convs and the resnets' time-embedding projection.
@@ -129,15 +130,6 @@ def update_trainable_ema(ema: nn.Module, online: nn.Module, decay: float) -> Non
     ema_update_([e for e, _ in pairs], [o for _, o in pairs], decay)
 
 
-def adamw_with_warmup(params, lr: float, betas, weight_decay: float, warmup_steps: int):
-    """AdamW with a linear warm-up to `lr` over `warmup_steps`, then constant (diffusers' LCM script)."""
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    warmup = max(1, warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-    return opt, sched
-
-
 class ConsistencyDistillation(FewStepMethod):
     """Teacher, student (full or LoRA), target (EMA or none) and export, shared by LCM and TSCD."""
 
@@ -166,7 +158,7 @@ class ConsistencyDistillation(FewStepMethod):
     def configure_optimizers(self):
         """AdamW with warm-up on the student's trainable parameters (hparams lr, betas, weight_decay, warmup_steps)."""
         hp = self.hparams
-        opt, sched = adamw_with_warmup(self.backbone.unet.parameters(), hp.lr, hp.betas, hp.weight_decay, hp.warmup_steps)
+        opt, sched = adamw_with_schedule(self.backbone.unet.parameters(), hp.lr, hp.betas, hp.weight_decay, hp.warmup_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_train_end(self):

@@ -3,7 +3,8 @@
 Objective: E_{x0, t, ε} ‖ε − ε_θ(α_t x0 + σ_t ε, t, c)‖² for an eps-prediction backbone (the target
 follows the backbone's prediction type: ε, v = α_t ε − σ_t x0, or x0). Prompts are replaced by the
 empty prompt with probability `prompt_dropout` so classifier-free guidance works at sampling time
-(Ho & Salimans 2022). An EMA of the UNet is kept and used for sampling and export.
+(Ho & Salimans 2022). The learning rate follows warmup-stable-decay (`fastgen.methods.optim`): constant
+until `lr_decay_start`, then a cosine to 0 over `lr_decay_steps`. An EMA of the UNet is kept and used for sampling and export.
 
 Loss key logged: `diffusion`. Sampling: DPM-Solver++ with CFG on the EMA UNet.
 """
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from fastgen.core import alpha_sigma, q_sample
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.dpm_solver import dpm_solver_sample
+from fastgen.methods.optim import adamw_with_schedule
 
 
 class Diffusion(FewStepMethod):
@@ -28,6 +30,8 @@ class Diffusion(FewStepMethod):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 200,
+        lr_decay_start: int | None = None,
+        lr_decay_steps: int = 0,
         prompt_dropout: float = 0.1,
         ema_decay: float = 0.999,
         guidance_scale: float = 2.0,
@@ -68,12 +72,9 @@ class Diffusion(FewStepMethod):
         self.update_ema(self.ema_unet, self.backbone.unet, self.hparams.ema_decay)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(
-            self.backbone.unet.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-            weight_decay=self.hparams.weight_decay,
-        )
-        warmup = max(1, self.hparams.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        hp = self.hparams
+        opt, sched = adamw_with_schedule(self.backbone.unet.parameters(), hp.lr, hp.betas, hp.weight_decay,
+                                         hp.warmup_steps, hp.lr_decay_start, hp.lr_decay_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def sample(self, noise, prompts, steps, generator=None):
