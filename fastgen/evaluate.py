@@ -46,7 +46,7 @@ def evaluate(cfg):
     settings = eval_settings(cfg.eval)
     settings.leaderboard = settings.leaderboard or str(run_dir / "leaderboard.csv")
     suite = MetricSuite.load(settings, datamodule, device)
-    experiment = config.get("run_name", "")
+    experiment = config.get("experiment_name") or config.get("run_name", "")
     if method.name == "dpm_solver":  # the same cached rows every distilled method's evaluation shows
         from fastgen.eval.baseline import baseline_rows
 
@@ -54,7 +54,7 @@ def evaluate(cfg):
     else:
         rows = run_eval(method, datamodule, settings, out_dir=run_dir, experiment=experiment,
                         run_id=f"{experiment or method.name}-{Path(cfg.ckpt).stem if cfg.ckpt else 'eval'}",
-                        checkpoint=str(cfg.ckpt or ""), suite=suite)
+                        checkpoint=str(cfg.ckpt or ""), train_seed=config.get("seed"), suite=suite)
     if cfg.real_data:
         rows.append(real_data_row(datamodule, settings, experiment=experiment, suite=suite))
     import pandas as pd

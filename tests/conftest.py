@@ -22,6 +22,7 @@ def compose_experiment(name: str, tmp_path, overrides=()) -> DictConfig:
             overrides=[
                 f"experiment={name}",
                 "debug=fast",
+                f"experiment_name={name}",
                 f"run_name=test_{name}",
                 f"paths.runs_dir={tmp_path}/runs",
                 f"paths.output_dir={tmp_path}/runs/test_{name}",

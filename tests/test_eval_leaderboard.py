@@ -32,7 +32,7 @@ def test_concurrent_writers_lose_no_row(tmp_path):
 
 def _row(method, steps, fid, seed=0, experiment="e", ms=None, **extra):
     return {"run_id": f"{method}-{seed}", "experiment": experiment, "method": method, "steps": steps, "nfe": steps,
-            "fid": fid, "seed": seed, "num_samples": 500, "ms_per_image": ms, "timestamp": f"t{seed}", **extra}
+            "fid": fid, "seed": 0, "train_seed": seed, "num_samples": 500, "ms_per_image": ms, "timestamp": f"t{seed}", **extra}
 
 
 @pytest.fixture

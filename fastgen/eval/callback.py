@@ -67,15 +67,16 @@ class FewStepEval(L.Callback):
         out_dir = config.get("paths", {}).get("output_dir") or trainer.default_root_dir
         datamodule = trainer.datamodule
         kimg = self.evaluated_at = self._kimg(pl_module)
+        experiment = config.get("experiment_name") or config.get("run_name", "")
         if self.suite is None:
             self.suite = MetricSuite.load(self.settings, datamodule, pl_module.device)
-            floor = real_data_row(datamodule, self.settings, experiment=config.get("run_name", ""),
+            floor = real_data_row(datamodule, self.settings, experiment=experiment,
                                   run_id=f"{self.run_id}-real_data", suite=self.suite)
             self.rows.append(floor)
             self.rows += baseline_rows(pl_module, datamodule, self.settings, self.suite, out_dir=out_dir,
-                                       experiment=config.get("run_name", ""))
-        rows = run_eval(pl_module, datamodule, self.settings, out_dir=out_dir, experiment=config.get("run_name", ""),
-                        run_id=self.run_id, checkpoint=f"kimg={kimg:.3f}", precision=str(trainer.precision),
+                                       experiment=experiment)
+        rows = run_eval(pl_module, datamodule, self.settings, out_dir=out_dir, experiment=experiment,
+                        train_seed=config.get("seed"), run_id=self.run_id, checkpoint=f"kimg={kimg:.3f}", precision=str(trainer.precision),
                         grid_tag=f"kimg{kimg:09.3f}", suite=self.suite)
         self.rows += rows
         if trainer.is_global_zero:

@@ -1,6 +1,7 @@
 """Leaderboard CSVs: the shared column names and appends that are safe under concurrent writers.
 
-One row per (run, checkpoint, steps). `COLUMNS` come first in this order so leaderboards from different runs
+One row per (run, checkpoint, steps). `seed` is the evaluation's noise seed (the same for every method:
+paired samples), `train_seed` the seed the method was trained with (empty for the baseline and data floor). `COLUMNS` come first in this order so leaderboards from different runs
 and machines merge; extra columns (e.g. kid_std, clip_model) follow. An append takes a file lock
 (`<csv>.lock`), reads the current file, adds the rows, writes everything to a temporary file in the same folder
 and `os.replace`s it into place: a reader never sees a half-written file and no writer loses another's rows.
@@ -17,6 +18,7 @@ COLUMNS = (
     "run_id", "experiment", "method", "backbone", "dataset", "checkpoint", "steps", "nfe", "guidance",
     "fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "ms_per_image", "images_per_s", "peak_mem_mb",
     "num_samples", "extractor", "extractor_sha256", "reference", "reference_sha256", "prompts_sha256", "seed",
+    "train_seed",
     "precision", "device", "git_commit", "timestamp",
 )
 LOCK_TIMEOUT_S = 120

@@ -1,7 +1,7 @@
 """The method x steps summary of a leaderboard.
 
-Per (method, steps): rows are grouped by experiment; within an experiment each seed contributes its best-FID
-row (rows without FID: the latest), and metrics are the mean over seeds (± std when there are several seeds).
+Per (method, steps): rows are grouped by experiment; within an experiment each training seed (`train_seed`;
+older CSVs without it: `seed`) contributes its best-FID row (rows without FID: the latest), and metrics are the mean over seeds (± std when there are several seeds).
 The experiment with the lowest mean FID represents the method at that step count. The data floor (`real_data`)
 appears with steps "real".
 """
@@ -27,11 +27,12 @@ def summarise(frame):
     for metric in SUMMARY_METRICS:
         frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
     frame["experiment"] = frame["experiment"].fillna("")
+    seed_column = "train_seed" if "train_seed" in frame and frame["train_seed"].notna().any() else "seed"
     out = []
     for (method, steps), rows in frame.groupby(["method", "steps"], sort=False):
         candidates = []
         for experiment, by_experiment in rows.groupby("experiment", sort=False):
-            per_seed = pd.DataFrame([_best_row(r) for _, r in by_experiment.groupby("seed", dropna=False)])
+            per_seed = pd.DataFrame([_best_row(r) for _, r in by_experiment.groupby(seed_column, dropna=False)])
             entry = {"method": method, "steps": steps, "experiment": experiment, "n_seeds": len(per_seed),
                      "nfe": per_seed["nfe"].iloc[0], "num_samples": per_seed["num_samples"].iloc[0]}
             for metric in SUMMARY_METRICS:

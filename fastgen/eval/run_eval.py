@@ -109,7 +109,7 @@ def base_row(settings, prompts, suite, **fields):
 
 
 def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_id="", checkpoint="",
-             precision=None, grid_tag="", suite=None):
+             train_seed=None, precision=None, grid_tag="", suite=None):
     """Evaluate `method` at every supported step count in `cfg.steps`; returns one row per step count.
 
     `cfg` is the `eval` config node (or a dict, or None for defaults). Rows are appended to `cfg.leaderboard`
@@ -133,6 +133,7 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
                 settings, prompts, suite, run_id=run_id or f"{method.name}-{timestamp()}", experiment=experiment,
                 method=method.name, backbone=getattr(method.backbone, "name", type(method.backbone).__name__),
                 dataset=getattr(datamodule, "name", type(datamodule).__name__), checkpoint=checkpoint, steps=steps,
+                train_seed=train_seed,
                 nfe=method.nfe(steps), guidance=float(method.guidance_scale),
                 precision=precision or module_precision(method), device=device_name(device),
             )

@@ -1,0 +1,180 @@
+"""`python -m fastgen.bench suite=mnist [bench.seeds=[0,1,2]] [bench.jobs=2]`: a whole leaderboard in one command.
+
+A suite (`fastgen/configs/suite/NAME.yaml`) names a teacher experiment, a baseline experiment and the method
+experiments. The bench plans one *cell* per run and executes each as its own subprocess:
+
+1. the teacher (`python -m fastgen.fit experiment=<teacher>`), only when no trained or committed teacher is
+   found (`suite.teacher_ready`) or `bench.retrain_teacher=true`; every other cell waits for it;
+2. the baseline (`python -m fastgen.evaluate experiment=<baseline>`): DPM-Solver++ rows and the data floor;
+3. every method experiment once per training seed, as run `bench_<suite>/<experiment>-seed<S>`, with its
+   end-of-training evaluation appending rows to `suite.leaderboard`.
+
+Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the
+bench is started again; an interrupted training cell resumes from its last checkpoint (`ckpt_path=last`).
+Each cell's output goes to `runs/bench_<suite>/logs/<cell>.log`; the bench prints one line per event and a
+status line every `STATUS_EVERY_S`. At the end the leaderboard's Markdown table and plots are written
+(`python -m fastgen.leaderboard`). Up to `bench.jobs` cells run at once, each with `bench.threads` OpenMP
+threads (default: cores // jobs) -- on a small CPU machine two single-threaded jobs beat one two-threaded one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fastgen.config import CONFIG_PATH, register_resolvers
+
+register_resolvers()
+STATUS_EVERY_S = 300
+POLL_S = 2.0
+
+
+@dataclass
+class Cell:
+    name: str          # unique within the suite; also the log file's name
+    command: list[str]
+    kind: str          # teacher | baseline | method
+
+
+def plan(cfg: DictConfig) -> list[Cell]:
+    """The suite's cells in execution order (the teacher first, when it has to be trained)."""
+    suite, bench = cfg.suite, cfg.bench
+    python = [sys.executable, "-m"]
+    overrides = list(bench.overrides)
+    cells = []
+    if suite.get("teacher") and (bench.retrain_teacher or not Path(suite.teacher_ready).is_file()):
+        cells.append(Cell(suite.teacher, [*python, "fastgen.fit", f"experiment={suite.teacher}", "ckpt_path=last",
+                                          *overrides], "teacher"))
+    if suite.get("baseline"):
+        cells.append(Cell(suite.baseline, [*python, "fastgen.evaluate", f"experiment={suite.baseline}",
+                                           f"eval.leaderboard={suite.leaderboard}"], "baseline"))
+    for seed in bench.seeds:
+        for experiment in suite.methods:
+            name = f"{experiment}-seed{seed}"
+            cells.append(Cell(name, [*python, "fastgen.fit", f"experiment={experiment}", f"seed={seed}",
+                                     f"run_name=bench_{suite.name}/{name}", "ckpt_path=last",
+                                     f"eval.leaderboard={suite.leaderboard}", *overrides], "method"))
+    return cells
+
+
+class State:
+    """Finished cells of one suite: {cell name: {"seconds": ..., "finished": ...}} in a JSON file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done = json.loads(path.read_text()) if path.is_file() else {}
+
+    def finish(self, cell: Cell, seconds: float) -> None:
+        self.done[cell.name] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.done, indent=1))
+        os.replace(tmp, self.path)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def run_cells(cells: list[Cell], state: State, log_dir: Path, jobs: int = 1, threads: int | None = None) -> list[Cell]:
+    """Run the cells not yet in `state`, up to `jobs` at once (the teacher alone, before the rest).
+
+    Returns the cells that failed (their logs say why); the others are recorded in `state` as they finish.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending = [c for c in cells if c.name not in state.done]
+    for cell in cells:
+        if cell.name in state.done:
+            print(f"[bench] skip {cell.name} (finished {state.done[cell.name]['finished']})", flush=True)
+    running: dict[subprocess.Popen, tuple[Cell, float]] = {}
+    failed: list[Cell] = []
+    start = last_status = time.monotonic()
+    total = len(pending)
+    try:
+        while pending or running:
+            teacher_running = any(c.kind == "teacher" for c, _ in running.values())
+            while pending and len(running) < jobs and not teacher_running:  # the teacher (first) runs alone
+                cell = pending.pop(0)
+                log = open(log_dir / f"{cell.name}.log", "ab")
+                proc = subprocess.Popen(cell.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                log.close()
+                running[proc] = (cell, time.monotonic())
+                print(f"[bench] start {cell.name}: {' '.join(cell.command[2:])}  (log: {log_dir / cell.name}.log)",
+                      flush=True)
+                teacher_running = cell.kind == "teacher"
+            time.sleep(POLL_S)
+            for proc in [p for p in running if p.poll() is not None]:
+                cell, began = running.pop(proc)
+                seconds = time.monotonic() - began
+                if proc.returncode == 0:
+                    state.finish(cell, seconds)
+                    verdict = "done"
+                else:
+                    failed.append(cell)
+                    if cell.kind == "teacher":
+                        pending.clear()  # nothing else can run without it
+                    verdict = f"FAILED (exit {proc.returncode}; see {log_dir / cell.name}.log)"
+                finished = total - len(pending) - len(running)
+                print(f"[bench] {verdict} {cell.name} in {_clock(seconds)} · {finished}/{total} cells · "
+                      f"elapsed {_clock(time.monotonic() - start)}", flush=True)
+            if running and time.monotonic() - last_status >= STATUS_EVERY_S:
+                last_status = time.monotonic()
+                now = ", ".join(f"{c.name} ({_clock(last_status - t)})" for c, t in running.values())
+                print(f"[bench] elapsed {_clock(last_status - start)} · running {now} · {len(pending)} waiting",
+                      flush=True)
+    except KeyboardInterrupt:
+        for proc in running:
+            proc.terminate()
+        print("[bench] interrupted: finished cells are kept; run the same command again to resume", flush=True)
+        raise
+    return failed
+
+
+def _default_threads(jobs: int) -> int:
+    return max(1, len(os.sched_getaffinity(0)) // jobs)
+
+
+def run_suite(cfg: DictConfig) -> int:
+    """Plan and run the suite, then write the leaderboard table and plots; the exit status."""
+    cells = plan(cfg)
+    bench_dir = Path(cfg.paths.runs_dir) / f"bench_{cfg.suite.name}"
+    jobs = max(1, int(cfg.bench.jobs))
+    threads = cfg.bench.threads or _default_threads(jobs)
+    print(f"[bench] suite {cfg.suite.name}: {len(cells)} cells, {jobs} at a time, {threads} threads each; "
+          f"leaderboard {cfg.suite.leaderboard}", flush=True)
+    if cfg.bench.dry_run:
+        for cell in cells:
+            print(f"  {cell.kind:8s} {cell.name}: {' '.join(cell.command[2:])}")
+        return 0
+    start = time.monotonic()
+    failed = run_cells(cells, State(bench_dir / "state.json"), bench_dir / "logs", jobs, threads)
+    print(f"[bench] suite {cfg.suite.name} took {_clock(time.monotonic() - start)} this time", flush=True)
+    if Path(cfg.suite.leaderboard).is_file():
+        from fastgen import leaderboard
+
+        leaderboard.main([cfg.suite.leaderboard])
+    if failed:
+        print(f"[bench] {len(failed)} cells failed: {', '.join(c.name for c in failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="bench", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    sys.exit(run_suite(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

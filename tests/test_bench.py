@@ -1,0 +1,52 @@
+"""`python -m fastgen.bench`: the suite's plan, and the cell runner's ordering, skipping and failure handling."""
+
+import sys
+
+from hydra import compose, initialize_config_dir
+
+from fastgen.bench import Cell, State, plan, run_cells
+from fastgen.config import CONFIG_PATH, register_resolvers
+
+
+def _bench_cfg(overrides):
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        return compose("bench", overrides=overrides)
+
+
+def test_plan_trains_a_missing_teacher_first_and_every_method_per_seed(tmp_path):
+    cfg = _bench_cfg([f"paths.runs_dir={tmp_path}", f"suite.teacher_ready={tmp_path}/none/config.json",
+                      "bench.seeds=[0,3]", "bench.overrides=['trainer.accelerator=cpu']"])
+    cells = plan(cfg)
+    assert [c.kind for c in cells[:2]] == ["teacher", "baseline"]
+    methods = [c for c in cells if c.kind == "method"]
+    assert len(methods) == 2 * len(cfg.suite.methods) == 12
+    ufogen_seed3 = next(c for c in methods if c.name == "ufogen_mnist-seed3")
+    assert {"experiment=ufogen_mnist", "seed=3", "run_name=bench_mnist/ufogen_mnist-seed3", "ckpt_path=last",
+            "eval.leaderboard=benchmarks/leaderboards/mnist.csv", "trainer.accelerator=cpu"} <= set(ufogen_seed3.command)
+    # the committed teacher counts as found: no teacher cell
+    assert [c.kind for c in plan(_bench_cfg([f"paths.runs_dir={tmp_path}"]))][0] == "baseline"
+
+
+def _cell(name, kind, code):
+    return Cell(name, [sys.executable, "-c", code], kind)
+
+
+def test_runner_waits_for_the_teacher_skips_finished_cells_and_reports_failures(tmp_path):
+    marker, calls = tmp_path / "teacher.done", tmp_path / "calls.txt"
+    record = f"open({str(calls)!r}, 'a').write('{{}}\\n')"
+    cells = [
+        _cell("teacher", "teacher", f"import time; time.sleep(1); open({str(marker)!r}, 'w'); " + record.format("t")),
+        *[_cell(f"m{i}", "method", f"import os, sys; {record.format(i)}; "
+                                    f"sys.exit(0 if os.path.exists({str(marker)!r}) else 3)") for i in range(3)],
+        _cell("broken", "method", "raise SystemExit('no such experiment')"),
+    ]
+    state = State(tmp_path / "state.json")
+    failed = run_cells(cells, state, tmp_path / "logs", jobs=2)
+    assert [c.name for c in failed] == ["broken"]
+    assert sorted(State(tmp_path / "state.json").done) == ["m0", "m1", "m2", "teacher"]  # persisted
+    assert "no such experiment" in (tmp_path / "logs" / "broken.log").read_text()
+    # run again: only the failed cell runs
+    failed = run_cells(cells, State(tmp_path / "state.json"), tmp_path / "logs", jobs=2)
+    assert [c.name for c in failed] == ["broken"]
+    assert sorted(calls.read_text().split()) == ["0", "1", "2", "t"]
