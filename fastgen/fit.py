@@ -30,9 +30,12 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
-def build_trainer(cfg: DictConfig, callbacks) -> L.Trainer:
+def build_trainer(cfg: DictConfig, callbacks, method: L.LightningModule) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("max_kimg", None)
+    if trainer_cfg.get("strategy") == "ddp" and not method.automatic_optimization:
+        # alternating G/D updates (manual optimisation) leave one network without gradients in each phase
+        trainer_cfg["strategy"] = "ddp_find_unused_parameters_true"
     logger = False
     if cfg.get("logger") and "_target_" in cfg.logger:
         if cfg.logger._target_.endswith("WandbLogger"):
@@ -50,7 +53,7 @@ def run(cfg: DictConfig) -> L.LightningModule:
     method = instantiate(cfg.method, backbone=backbone, _convert_="all")
     method.run_config = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, _convert_="all")
-    trainer = build_trainer(cfg, build_callbacks(cfg))
+    trainer = build_trainer(cfg, build_callbacks(cfg), method)
     if datamodule.batch_size % trainer.world_size:
         raise ValueError(f"data.batch_size={datamodule.batch_size} (global) is not divisible by {trainer.world_size} devices")
     datamodule.batch_size //= trainer.world_size
