@@ -91,6 +91,19 @@ def test_named_losses_are_finite(cache_dir, options):
     assert g["g_rec"] > 0
 
 
+def test_r1_through_a_gradient_checkpointed_backbone(cache_dir):
+    """R1 double-backward through D: D drops the backbone's gradient checkpointing, G keeps it."""
+    backbone = build_random("mnist_pixel", cache_dir=cache_dir)
+    backbone.unet.enable_gradient_checkpointing()
+    method = UFOGen(backbone, eval_teacher=False, r1_gamma=1.0)
+    assert method.backbone.unet.is_gradient_checkpointing
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in method.discriminator.modules())
+    x0, cond = batch(method)
+    d = method.d_losses(x0, cond, r1_weight=0.5)
+    sum(d.values()).backward()
+    assert all(p.grad is not None for p in method.discriminator.parameters() if p.requires_grad)
+
+
 def test_bad_options_name_the_config_key(cache_dir):
     backbone = build_random("mnist_pixel", cache_dir=cache_dir)
     with pytest.raises(ValueError, match="method.gan_loss"):

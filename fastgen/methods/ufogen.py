@@ -67,7 +67,9 @@ from fastgen.core import (
     q_sample,
     trailing_timesteps,
 )
-from fastgen.methods.adversarial import adversarial_phase, discriminator_losses, lazy_r1_weight
+from fastgen.methods.adversarial import (
+    adversarial_phase, disable_gradient_checkpointing, discriminator_losses, lazy_r1_weight,
+)
 from fastgen.methods.base import FewStepMethod
 from fastgen.networks.discriminators import UNetEncoderDiscriminator
 
@@ -118,6 +120,8 @@ class UFOGen(FewStepMethod):
         unet = backbone.unet
         # D and the teacher copy start from the pretrained UNet, before any LoRA adapter is injected
         self.discriminator = UNetEncoderDiscriminator(unet)
+        if r1_gamma > 0:
+            disable_gradient_checkpointing(self.discriminator)
         if eval_teacher:
             self.teacher_unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if lora_rank > 0:
