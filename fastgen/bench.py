@@ -12,8 +12,8 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
 Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the
 bench is started again; an interrupted training cell resumes from its last checkpoint (`ckpt_path=last`).
 Each cell's output goes to `runs/bench_<suite>/logs/<cell>.log`; the bench prints one line per event and a
-status line every `STATUS_EVERY_S`. At the end the leaderboard's Markdown table and plots are written
-(`python -m fastgen.leaderboard`). Up to `bench.jobs` cells run at once, each with `bench.threads` OpenMP
+status line every `STATUS_EVERY_S`. At the end the leaderboard's Markdown tables and plots are written, and
+the suite's README block (`suite.readme`) is rewritten from the CSV (`python -m fastgen.leaderboard`). Up to `bench.jobs` cells run at once, each with `bench.threads` OpenMP
 threads (default: cores // jobs) -- on a small CPU machine two single-threaded jobs beat one two-threaded one.
 """
 
@@ -164,7 +164,8 @@ def run_suite(cfg: DictConfig) -> int:
     if Path(cfg.suite.leaderboard).is_file():
         from fastgen import leaderboard
 
-        leaderboard.main([cfg.suite.leaderboard])
+        readme = ["--readme", cfg.suite.readme] if cfg.suite.get("readme") else []
+        leaderboard.main([cfg.suite.leaderboard, *readme])
     if failed:
         print(f"[bench] {len(failed)} cells failed: {', '.join(c.name for c in failed)}", file=sys.stderr)
         return 1

@@ -71,3 +71,29 @@ def test_cli_prints_table_and_writes_markdown_and_plots(board, tmp_path, capsys)
 def test_cli_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main([str(tmp_path / "nope.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_rewrites_the_readme_block_from_the_csv(board, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- leaderboard:mnist start -->\nstale numbers\n<!-- leaderboard:mnist end -->\nrest\n")
+    assert main([str(board), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "stale numbers" not in text
+    assert "| ufogen | 42.00 ± 2.8 | 35.00 |" in text and "1 or 2 training seed(s)" in text
+    assert "**prompt_accuracy** (higher is better)" in text and "![FID against steps](mnist_fid_vs_steps.png)" in text
+    assert main([str(board), "--readme", str(tmp_path / "mnist.csv")]) == 2  # a file without the markers
+
+
+def test_readme_leaderboard_matches_the_committed_csv(tmp_path):
+    """The README's MNIST tables are what `fastgen.leaderboard --readme` makes of the committed CSV."""
+    from pathlib import Path
+
+    from fastgen.leaderboard import readme_block
+
+    root = Path(__file__).resolve().parents[1]
+    csv_path, readme = root / "benchmarks/leaderboards/mnist.csv", root / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- leaderboard:mnist start -->\n", "\n<!-- leaderboard:mnist end -->"
+    committed = text[text.index(start) + len(start):text.index(end)]
+    block = readme_block(summarise(read_leaderboard(csv_path)), csv_path, readme, csv_path.parent)
+    assert committed == block
