@@ -33,4 +33,5 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, name):
     assert ranks[0]["kimg"] == ranks[1]["kimg"] == pytest.approx(training_steps * 4 / 1000)
     if optimizer_steps_per_training_step == 2:
         assert any(k.startswith("discriminator.") for k in ranks[0]["digests"])
-    assert any("ema" in k or "target" in k for k in ranks[0]["digests"])
+    if name != "lcm_lora_mnist":  # LCM-LoRA's target is the online student (no EMA copy)
+        assert any("ema" in k or "target" in k for k in ranks[0]["digests"])
