@@ -5,7 +5,7 @@ Prints the FID table, writes every filled metric's table as Markdown next to the
 --out), and saves PNG plots there: each metric against steps (one line per method, the DPM-Solver++ baseline
 dashed, the data floor dotted) and FID against latency. `--readme` also rewrites the block between
 `<!-- leaderboard:<stem> start -->` and `<!-- leaderboard:<stem> end -->` in that file (FID and prompt
-accuracy tables, seeds, the FID-vs-steps plot), so the README shows exactly what the CSV holds.
+accuracy tables, seeds, the FID-vs-steps and FID-vs-NFE plots), so the README shows exactly what the CSV holds.
 """
 
 import argparse
@@ -39,9 +39,10 @@ def readme_block(summary, csv_path, readme_path, plots_dir):
         if table is not None:
             better = "lower" if metric in LOWER_IS_BETTER else "higher"
             lines += ["", f"**{metric}** ({better} is better)", "", to_markdown(table)]
-    plot = Path(plots_dir) / f"{Path(csv_path).stem}_fid_vs_steps.png"
-    if plot.is_file():
-        lines += ["", f"![FID against steps]({os.path.relpath(plot, Path(readme_path).parent)})"]
+    for kind, title in (("steps", "FID against steps"), ("nfe", "FID against network evaluations")):
+        plot = Path(plots_dir) / f"{Path(csv_path).stem}_fid_vs_{kind}.png"
+        if plot.is_file():
+            lines += ["", f"![{title}]({os.path.relpath(plot, Path(readme_path).parent)})"]
     return "\n".join(lines)
 
 

@@ -64,7 +64,7 @@ def test_cli_prints_table_and_writes_markdown_and_plots(board, tmp_path, capsys)
     assert "| ufogen | 42.00 ± 2.8 | 35.00 |" in printed and "real data" in printed
     markdown = (out / "mnist.md").read_text()
     assert "## fid (lower is better)" in markdown and "## prompt_accuracy (higher is better)" in markdown
-    assert {p.name for p in out.glob("*.png")} >= {"mnist_fid_vs_steps.png", "mnist_fid_vs_latency.png",
+    assert {p.name for p in out.glob("*.png")} >= {"mnist_fid_vs_steps.png", "mnist_fid_vs_latency.png", "mnist_fid_vs_nfe.png",
                                                    "mnist_prompt_accuracy_vs_steps.png"}
 
 
@@ -81,6 +81,7 @@ def test_cli_rewrites_the_readme_block_from_the_csv(board, tmp_path):
     assert text.startswith("intro\n") and text.endswith("rest\n") and "stale numbers" not in text
     assert "| ufogen | 42.00 ± 2.8 | 35.00 |" in text and "1 or 2 training seed(s)" in text
     assert "**prompt_accuracy** (higher is better)" in text and "![FID against steps](mnist_fid_vs_steps.png)" in text
+    assert "![FID against network evaluations](mnist_fid_vs_nfe.png)" in text
     assert main([str(board), "--readme", str(tmp_path / "mnist.csv")]) == 2  # a file without the markers
 
 
