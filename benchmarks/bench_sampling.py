@@ -5,7 +5,8 @@
 
 Bare work for a method at `steps`: encoding the prompts (and the empty prompt when it uses CFG), NFE(steps)
 forward passes of the bare UNet at the batch size (CFG counts twice), and the VAE decode -- each timed alone.
-The printed overhead ratio is (sample + decode) / bare; 1.0 means the framework adds nothing. Methods are built
+The printed overhead ratio is (sample + decode) / bare; 1.0 means the framework adds nothing; `all above` is
+the ratio of the sums over every method and step count (steadier than single rows on a busy machine). Methods are built
 from their `*_tiny` experiments (random init: speed does not depend on the weights). With `--model sd15_random`
 and a GPU this is the SD1.5-size benchmark (add `--dtype bf16`).
 """
@@ -88,14 +89,18 @@ def main():
           f"median of {args.repeats}")
     print(f"{'method':10s} {'steps':>5s} {'nfe':>4s} {'sample+decode ms':>17s} {'bare ms':>9s} {'overhead':>9s}")
     with tempfile.TemporaryDirectory() as tmp:
-        walls = {}
+        walls, totals = {}, [0.0, 0.0]
         for name, experiment in EXPERIMENTS.items():
             method = build(experiment, args.model, tmp, device, dtype_override)
             for steps in method.supported_steps or (1, 2, 4, 8):
                 full, bare = measure(method, steps, args.batch_size, args.repeats, device)
                 walls[(name, steps)] = full
+                totals[0] += full
+                totals[1] += bare
                 print(f"{name:10s} {steps:5d} {method.nfe(steps):4d} {full * 1e3:17.1f} {bare * 1e3:9.1f} "
                       f"{full / bare:9.3f}")
+        print(f"{'all above':10s} {'':5s} {'':4s} {totals[0] * 1e3:17.1f} {totals[1] * 1e3:9.1f} "
+              f"{totals[0] / totals[1]:9.3f}")
         baseline = build("dpm_solver_mnist", args.model, tmp, device, dtype_override)
         full, bare = measure(baseline, 25, args.batch_size, args.repeats, device)
         print(f"{'dpm_solver':10s} {25:5d} {baseline.nfe(25):4d} {full * 1e3:17.1f} {bare * 1e3:9.1f} {full / bare:9.3f}")
