@@ -18,17 +18,10 @@ from fastgen.methods.ddgan import DDGAN
 from fastgen.methods.siddm import SIDDM
 from fastgen.networks import build_random
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 METHODS = {"ddgan": DDGAN, "siddm": SIDDM}
 PROMPTS = ["a handwritten digit one", "a handwritten digit seven", "a handwritten digit two"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on a shared CPU (several times faster there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from fastgen.eval.leaderboard_io import read_leaderboard
 from fastgen.eval.metrics import MetricSuite
 from fastgen.eval.settings import eval_settings
 from fastgen.networks import build_random
-from test_eval_fakes import one_thread  # noqa: F401 (fixture)
 
 
 class Distilled(nn.Module):

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from fastgen.eval.callback import FewStepEval
 from fastgen.eval.leaderboard_io import read_leaderboard
 from fastgen.eval.wandb_log import WandbNotReadyError, check_wandb_ready
-from test_eval_fakes import FakeBackbone, FakeDataModule, FakeMethod, one_thread  # noqa: F401 (fixture)
+from test_eval_fakes import FakeBackbone, FakeDataModule, FakeMethod
 
 
 class TrainableFake(L.LightningModule):

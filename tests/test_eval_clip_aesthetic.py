@@ -13,7 +13,6 @@ from PIL import Image
 from fastgen.eval.aesthetic import AestheticMLP, load_aesthetic_scorer
 from fastgen.eval.clip_score import load_clip_scorer
 from fastgen.eval.open_clip_models import clip_preprocess
-from test_eval_fakes import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,6 @@ from hydra import compose, initialize_config_dir
 from fastgen.config import CONFIG_PATH, register_resolvers
 from fastgen.eval.checkpoint import checkpoint_config, run_dir_of
 from fastgen.eval.leaderboard_io import read_leaderboard
-from test_eval_fakes import one_thread  # noqa: F401 (fixture)
 
 
 def _evaluate_cfg(overrides):

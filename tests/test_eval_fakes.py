@@ -1,6 +1,5 @@
 """Tiny stand-ins for a FewStepMethod and a data module, shared by the evaluation tests (no training needed)."""
 
-import pytest
 import torch
 from torch import nn
 
@@ -64,12 +63,3 @@ def test_fake_method_is_deterministic():
     method = FakeMethod()
     noise = torch.randn(2, 1, 16, 16)
     assert torch.equal(method.sample(noise, ["a", "b"], 2), method.sample(noise, ["a", "b"], 2))
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Inception / CLIP on 2 shared cores: one thread is several times faster than two under contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

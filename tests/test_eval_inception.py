@@ -7,7 +7,6 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from fastgen.data.mnist import MNISTDataModule
 from fastgen.eval.fid import fid_from_features
 from fastgen.eval.inception import FEATURE_DIM, fid_helper_torchscript_path, load_inception
-from test_eval_fakes import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ import torch
 
 from fastgen.eval.leaderboard_io import COLUMNS, read_leaderboard
 from fastgen.eval.run_eval import eval_noise, real_data_row, run_eval
-from test_eval_fakes import FakeDataModule, FakeMethod, one_thread  # noqa: F401 (fixture)
+from test_eval_fakes import FakeDataModule, FakeMethod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

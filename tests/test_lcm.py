@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_eval_fakes import one_thread  # noqa: F401 (fixture)
 
 from fastgen.core import lcm_boundary_scalings
 from fastgen.fit import run

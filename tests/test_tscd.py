@@ -16,7 +16,6 @@ from fastgen.methods.consistency_common import empty_prompt_cond
 from fastgen.methods.tscd import TSCD, AestheticReward, segment_boundary
 from fastgen.networks import build_random
 from test_eval_clip_aesthetic import tiny_768_file  # noqa: F401 (fixture)
-from test_eval_fakes import one_thread  # noqa: F401 (fixture)
 from test_lcm import assert_losses_fall, latent_batch, write_image_folder
 
 

@@ -16,16 +16,9 @@ from fastgen.fit import run
 from fastgen.methods.ufogen import UFOGen
 from fastgen.networks import MissingWeightsError, build_random, save_backbone
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 PROMPTS = ["a handwritten digit one", "a handwritten digit seven", "a handwritten digit three", "a handwritten digit zero"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread costs ~10x less CPU time than two busy-waiting ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
