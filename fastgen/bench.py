@@ -30,6 +30,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from fastgen.atomic_write import write_text_atomic
 from fastgen.config import CONFIG_PATH, register_resolvers
 
 register_resolvers()
@@ -75,9 +76,7 @@ class State:
     def finish(self, cell: Cell, seconds: float) -> None:
         self.done[cell.name] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.done, indent=1))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self.done, indent=1))
 
 
 def _clock(seconds: float) -> str:

@@ -14,18 +14,13 @@ import re
 import sys
 from pathlib import Path
 
+from fastgen.atomic_write import write_text_atomic
 from fastgen.eval.leaderboard_io import read_leaderboard
 from fastgen.eval.leaderboard_table import LOWER_IS_BETTER, metric_table, summarise, summary_markdown, to_markdown
 from fastgen.eval.plots import save_plots
 
 
 README_METRICS = ("fid", "prompt_accuracy", "clip_score", "aesthetic_score")
-
-
-def _write_atomic(path, text):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def readme_block(summary, csv_path, readme_path, plots_dir):
@@ -54,7 +49,7 @@ def update_readme(readme_path, stem, block):
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         raise ValueError(f"{readme_path} has no '{start}' ... '{end}' block to fill")
-    _write_atomic(readme_path, pattern.sub(lambda _: f"{start}\n{block}\n{end}", text))
+    write_text_atomic(readme_path, pattern.sub(lambda _: f"{start}\n{block}\n{end}", text))
 
 
 def main(argv=None):
@@ -78,7 +73,7 @@ def main(argv=None):
     fid = metric_table(summary, "fid")
     print(to_markdown(fid) if fid is not None else summary.to_string())
     markdown = out_dir / f"{csv_path.stem}.md"
-    _write_atomic(markdown, summary_markdown(summary, csv_path.name) + "\n")
+    write_text_atomic(markdown, summary_markdown(summary, csv_path.name) + "\n")
     plots = save_plots(summary, out_dir, csv_path.stem)
     print(f"\nwrote {markdown} and {len(plots)} plots in {out_dir}")
     if args.readme:

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from fastgen.atomic_write import write_text_atomic
 from fastgen.data.errors import DataError
 from fastgen.data.loading import require_keys, shuffled_loader
 from fastgen.data.prompts import prompts_sha256, sample_prompts
@@ -40,9 +41,7 @@ def shard_file(k):
 
 
 def _write_json(path, obj):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj))
 
 
 def _write_shard(path, latent, prompt_embeds, prompts, fingerprint):

@@ -9,11 +9,11 @@ guidance is `eval.baseline_guidance`, else the method's `teacher_guidance_scale`
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from torch import nn
 
+from fastgen.atomic_write import write_text_atomic
 from fastgen.eval.distributed import is_rank_zero
 from fastgen.eval.leaderboard_io import append_rows
 from fastgen.eval.run_eval import eval_prompts, run_eval
@@ -84,7 +84,5 @@ def baseline_rows(method, datamodule, settings, suite, **run_kwargs):
                     **run_kwargs)
     if is_rank_zero():
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(rows, default=str))
-        os.replace(tmp, cache)
+        write_text_atomic(cache, json.dumps(rows, default=str))
     return rows

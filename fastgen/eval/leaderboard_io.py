@@ -9,10 +9,11 @@ and `os.replace`s it into place: a reader never sees a half-written file and no 
 
 import csv
 import io
-import os
 from pathlib import Path
 
 from filelock import FileLock
+
+from fastgen.atomic_write import write_text_atomic
 
 COLUMNS = (
     "run_id", "experiment", "method", "backbone", "dataset", "checkpoint", "steps", "nfe", "guidance",
@@ -50,9 +51,7 @@ def append_rows(csv_path, rows):
         writer.writeheader()
         for row in [*existing, *rows]:
             writer.writerow({k: _cell(row.get(k)) for k in columns})
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, buffer.getvalue())
 
 
 def read_leaderboard(csv_path):
