@@ -5,7 +5,6 @@ import copy
 import csv
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader

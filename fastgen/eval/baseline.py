@@ -1,7 +1,9 @@
 """The DPM-Solver++ baseline next to every distilled method: the method's own teacher UNet, the same prompts,
-noises and metrics, at `eval.baseline_steps`, evaluated once per (teacher weights, evaluation fingerprint)
-and cached as JSON under `<eval.cache_dir>/baselines/`, so each run's leaderboard shows method and baseline
-side by side without re-sampling 25-step CFG images every time.
+noises and metrics, at `eval.baseline_steps`, for each solver in `eval.baseline_solvers` (`dpmsolver++`: the
+ODE solver, rows `dpm_solver`; `sde-dpmsolver++`: its stochastic variant, rows `dpm_solver_sde`), evaluated
+once per (teacher weights, solver, evaluation fingerprint) and cached as JSON under
+`<eval.cache_dir>/baselines/`, so each run's leaderboard shows method and baseline side by side without
+re-sampling 25-step CFG images every time.
 
 A method takes part if it has a `teacher_unet` (the frozen teacher of distillation methods); the baseline's
 guidance is `eval.baseline_guidance`, else the method's `teacher_guidance_scale`, else its `guidance_scale`.
@@ -17,22 +19,24 @@ from fastgen.atomic_write import write_text_atomic
 from fastgen.eval.distributed import is_rank_zero
 from fastgen.eval.leaderboard_io import append_rows
 from fastgen.eval.run_eval import eval_prompts, run_eval
+from fastgen.methods.dpm_solver import SOLVERS, dpm_solver_sample
 
 
 class TeacherBaseline(nn.Module):
     """DPM-Solver++ (order 2, CFG) on a teacher UNet, with the FewStepMethod sampling contract."""
 
-    name = "dpm_solver"
     supported_steps = None
 
-    def __init__(self, backbone, teacher_unet, guidance_scale):
+    def __init__(self, backbone, teacher_unet, guidance_scale, algorithm_type="dpmsolver++"):
         super().__init__()
+        if algorithm_type not in SOLVERS:
+            raise ValueError(f"eval.baseline_solvers: {algorithm_type!r} is not one of {list(SOLVERS)}")
         self.backbone, self.teacher_unet, self.guidance_scale = backbone, teacher_unet, float(guidance_scale)
+        self.algorithm_type, self.name = algorithm_type, SOLVERS[algorithm_type]
 
     def sample(self, noise, prompts, steps, generator=None):
-        from fastgen.methods.dpm_solver import dpm_solver_sample
-
-        return dpm_solver_sample(self.backbone, self.teacher_unet, noise, prompts, steps, self.guidance_scale)
+        return dpm_solver_sample(self.backbone, self.teacher_unet, noise, prompts, steps, self.guidance_scale,
+                                 self.algorithm_type, generator)
 
     def nfe(self, steps):
         return steps * (2 if self.guidance_scale > 1.0 else 1)
@@ -47,8 +51,9 @@ def teacher_sha256(unet):
     return digest.hexdigest()
 
 
-def baseline_key(teacher_hash, settings, prompts, suite, guidance):
-    fingerprint = {"teacher": teacher_hash, "guidance": guidance, "steps": list(settings.baseline_steps),
+def baseline_key(teacher_hash, settings, prompts, suite, guidance, algorithm_type):
+    fingerprint = {"teacher": teacher_hash, "guidance": guidance, "solver": algorithm_type,
+                   "steps": list(settings.baseline_steps),
                    "num_samples": settings.num_samples, "seed": settings.seed, "prompts": prompts,
                    **suite.fingerprint()}
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
@@ -64,20 +69,30 @@ def _leaderboard_run_ids(path):
 
 
 def baseline_rows(method, datamodule, settings, suite, **run_kwargs):
-    """The baseline's rows for `method`'s teacher (computed once, then from the cache); [] without a teacher."""
+    """The baseline's rows for `method`'s teacher, every solver (computed once, then from the cache); [] without a
+    teacher."""
     teacher = getattr(method, "teacher_unet", None)
     if teacher is None or not settings.baseline_steps:
         return []
     guidance = settings.get("baseline_guidance") or getattr(method, "teacher_guidance_scale", method.guidance_scale)
     prompts = eval_prompts(datamodule, settings)
-    key = baseline_key(teacher_sha256(teacher), settings, prompts, suite, guidance)
-    run_id, cache = f"dpm_solver-{key[:12]}", Path(settings.cache_dir) / "baselines" / f"{key[:16]}.json"
+    teacher_hash = teacher_sha256(teacher)
+    rows = []
+    for algorithm_type in settings.baseline_solvers:
+        baseline = TeacherBaseline(method.backbone, teacher, guidance, algorithm_type)
+        key = baseline_key(teacher_hash, settings, prompts, suite, guidance, algorithm_type)
+        rows += _cached_rows(baseline, f"{baseline.name}-{key[:12]}", Path(settings.cache_dir) / "baselines" /
+                             f"{key[:16]}.json", datamodule, settings, suite, run_kwargs)
+    return rows
+
+
+def _cached_rows(baseline, run_id, cache, datamodule, settings, suite, run_kwargs):
+    """`baseline`'s rows from `cache` (appended to the leaderboard if its run is not there yet), else sampled."""
     if cache.is_file():
         rows = json.loads(cache.read_text())
         if settings.leaderboard and is_rank_zero() and run_id not in _leaderboard_run_ids(settings.leaderboard):
             append_rows(settings.leaderboard, rows)
         return rows
-    baseline = TeacherBaseline(method.backbone, teacher, guidance)
     steps_settings = settings.copy()
     steps_settings.steps = list(settings.baseline_steps)
     rows = run_eval(baseline, datamodule, steps_settings, run_id=run_id, checkpoint="teacher", suite=suite,

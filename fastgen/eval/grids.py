@@ -7,7 +7,6 @@ With few distinct prompts (MNIST's ten digit prompts) the grid has one row per p
 import os
 from pathlib import Path
 
-import torch
 from torchvision.utils import make_grid, save_image
 
 MAX_PROMPT_ROWS = 16

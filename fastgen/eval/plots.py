@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fastgen.eval.leaderboard_table import LOWER_IS_BETTER, REAL, SUMMARY_METRICS  # noqa: E402
 
-BASELINE = "dpm_solver"
+BASELINE = "dpm_solver"  # the ODE baseline's rows; its variants (dpm_solver_sde) are dashed too
 
 
 def _save(fig, path):
@@ -35,7 +35,7 @@ def metric_vs_steps(summary, metric, path, x="steps"):
         if len(rows):
             rows = rows.sort_values(x, key=lambda s: s.astype(int))
             ax.errorbar(rows[x].astype(int), rows[metric], yerr=rows[f"{metric}_std"].fillna(0), marker="o",
-                        capsize=3, label=method, linestyle="--" if method == BASELINE else "-")
+                        capsize=3, label=method, linestyle="--" if method.startswith(BASELINE) else "-")
     floor = summary[(summary["method"] == "real_data")][metric].dropna()
     if len(floor):
         ax.axhline(floor.iloc[0], color="gray", linestyle=":", label="real data")
@@ -58,7 +58,7 @@ def quality_vs_latency(summary, path, metric="fid"):
         if len(rows):
             rows = rows.sort_values("ms_per_image")
             ax.plot(rows["ms_per_image"], rows[metric], marker="o", label=method,
-                    linestyle="--" if method == BASELINE else "-")
+                    linestyle="--" if method.startswith(BASELINE) else "-")
             for _, row in rows.iterrows():
                 ax.annotate(str(row["steps"]), (row["ms_per_image"], row[metric]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
