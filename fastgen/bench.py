@@ -11,6 +11,7 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
 
 Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the
 bench is started again; an interrupted training cell resumes from its last checkpoint (`ckpt_path=last`).
+A cell that runs again (delete its entry in the state file to redo it) replaces its earlier leaderboard rows.
 Each cell's output goes to `runs/bench_<suite>/logs/<cell>.log`; the bench prints one line per event and a
 status line every `STATUS_EVERY_S`. At the end the leaderboard's Markdown tables and plots are written, and
 the suite's README block (`suite.readme`) is rewritten from the CSV (`python -m fastgen.leaderboard`). Up to `bench.jobs` cells run at once, each with `bench.threads` OpenMP
@@ -24,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from omegaconf import DictConfig
 
 from fastgen.atomic_write import write_text_atomic
 from fastgen.config import CONFIG_PATH, register_resolvers
+from fastgen.eval.leaderboard_io import drop_rows
 
 register_resolvers()
 STATUS_EVERY_S = 300
@@ -43,6 +46,7 @@ class Cell:
     name: str          # unique within the suite; also the log file's name
     command: list[str]
     kind: str          # teacher | baseline | method
+    replaces: Callable[[dict], bool] | None = None  # leaderboard rows of an earlier run of this cell
 
 
 def plan(cfg: DictConfig) -> list[Cell]:
@@ -56,13 +60,16 @@ def plan(cfg: DictConfig) -> list[Cell]:
                                           *overrides], "teacher"))
     if suite.get("baseline"):
         cells.append(Cell(suite.baseline, [*python, "fastgen.evaluate", f"experiment={suite.baseline}",
-                                           f"eval.leaderboard={suite.leaderboard}"], "baseline"))
+                                           f"eval.leaderboard={suite.leaderboard}"], "baseline",
+                          replaces=lambda row, baseline=suite.baseline: row["experiment"] == baseline))
     for seed in bench.seeds:
         for experiment in suite.methods:
             name = f"{experiment}-seed{seed}"
+            run_name = f"bench_{suite.name}/{name}"
             cells.append(Cell(name, [*python, "fastgen.fit", f"experiment={experiment}", f"seed={seed}",
-                                     f"run_name=bench_{suite.name}/{name}", "ckpt_path=last",
-                                     f"eval.leaderboard={suite.leaderboard}", *overrides], "method"))
+                                     f"run_name={run_name}", "ckpt_path=last",
+                                     f"eval.leaderboard={suite.leaderboard}", *overrides], "method",
+                              replaces=lambda row, prefix=f"{run_name}-": row["run_id"].startswith(prefix)))
     return cells
 
 
@@ -84,10 +91,13 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def run_cells(cells: list[Cell], state: State, log_dir: Path, jobs: int = 1, threads: int | None = None) -> list[Cell]:
+def run_cells(cells: list[Cell], state: State, log_dir: Path, jobs: int = 1, threads: int | None = None,
+              leaderboard: Path | None = None) -> list[Cell]:
     """Run the cells not yet in `state`, up to `jobs` at once (the teacher alone, before the rest).
 
-    Returns the cells that failed (their logs say why); the others are recorded in `state` as they finish.
+    A cell that runs again (its state lost, or deleted to redo it) first removes the rows its earlier run left
+    in `leaderboard`, so the leaderboard holds one run per cell. Returns the cells that failed (their logs say
+    why); the others are recorded in `state` as they finish.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -106,6 +116,8 @@ def run_cells(cells: list[Cell], state: State, log_dir: Path, jobs: int = 1, thr
             teacher_running = any(c.kind == "teacher" for c, _ in running.values())
             while pending and len(running) < jobs and not teacher_running:  # the teacher (first) runs alone
                 cell = pending.pop(0)
+                if cell.replaces and leaderboard and (dropped := drop_rows(leaderboard, cell.replaces)):
+                    print(f"[bench] {cell.name} runs again: its {dropped} earlier rows leave {leaderboard}", flush=True)
                 log = open(log_dir / f"{cell.name}.log", "ab")
                 proc = subprocess.Popen(cell.command, stdout=log, stderr=subprocess.STDOUT, env=env)
                 log.close()
@@ -158,7 +170,8 @@ def run_suite(cfg: DictConfig) -> int:
             print(f"  {cell.kind:8s} {cell.name}: {' '.join(cell.command[2:])}")
         return 0
     start = time.monotonic()
-    failed = run_cells(cells, State(bench_dir / "state.json"), bench_dir / "logs", jobs, threads)
+    failed = run_cells(cells, State(bench_dir / "state.json"), bench_dir / "logs", jobs, threads,
+                       Path(cfg.suite.leaderboard))
     print(f"[bench] suite {cfg.suite.name} took {_clock(time.monotonic() - start)} this time", flush=True)
     if Path(cfg.suite.leaderboard).is_file():
         from fastgen import leaderboard

@@ -50,3 +50,22 @@ def test_runner_waits_for_the_teacher_skips_finished_cells_and_reports_failures(
     failed = run_cells(cells, State(tmp_path / "state.json"), tmp_path / "logs", jobs=2)
     assert [c.name for c in failed] == ["broken"]
     assert sorted(calls.read_text().split()) == ["0", "1", "2", "t"]
+
+
+def test_a_cell_that_runs_again_replaces_its_earlier_rows_and_only_those(tmp_path):
+    from fastgen.eval.leaderboard_io import append_rows, read_leaderboard
+
+    cfg = _bench_cfg([f"paths.runs_dir={tmp_path}", "bench.seeds=[0,1]"])
+    cells = {c.name: c for c in plan(cfg)}
+    board = tmp_path / "board.csv"
+    append_rows(board, [
+        {"run_id": "bench_mnist/ufogen_mnist-seed0-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 1},
+        {"run_id": "bench_mnist/ufogen_mnist-seed1-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 2},
+        {"run_id": "dpm_solver-0f5846b31c64", "experiment": "dpm_solver_mnist", "fid": 3},
+    ])
+    rerun = [Cell("ufogen_mnist-seed0", [sys.executable, "-c", "pass"], "method", cells["ufogen_mnist-seed0"].replaces)]
+    assert run_cells(rerun, State(tmp_path / "state.json"), tmp_path / "logs", leaderboard=board) == []
+    assert read_leaderboard(board)["fid"].tolist() == [2, 3]
+    baseline = cells["dpm_solver_mnist"]
+    assert baseline.replaces({"experiment": "dpm_solver_mnist", "run_id": "real_data"})
+    assert not baseline.replaces({"experiment": "ufogen_mnist", "run_id": "dpm_solver-0f5846b31c64"})

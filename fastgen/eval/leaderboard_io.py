@@ -5,6 +5,7 @@ paired samples), `train_seed` the seed the method was trained with (empty for th
 and machines merge; extra columns (e.g. kid_std, clip_model) follow. An append takes a file lock
 (`<csv>.lock`), reads the current file, adds the rows, writes everything to a temporary file in the same folder
 and `os.replace`s it into place: a reader never sees a half-written file and no writer loses another's rows.
+`drop_rows` removes rows the same way (the bench replaces a re-run cell's earlier rows with it).
 """
 
 import csv
@@ -37,21 +38,41 @@ def _cell(value):
     return "" if value is None else value
 
 
-def append_rows(csv_path, rows):
-    """Append `rows` (dicts) to the CSV at `csv_path` (created with COLUMNS first), atomically and under a lock."""
+def _rewrite(csv_path, edit):
+    """Replace the CSV's rows by `edit(existing rows)`, atomically and under the file lock."""
     path = Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
         fieldnames, existing = _read(path)
+        rows = edit(existing)
         columns = list(COLUMNS) + [c for c in fieldnames if c not in COLUMNS]
         columns += [k for row in rows for k in row if k not in columns]
         columns = list(dict.fromkeys(columns))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        for row in [*existing, *rows]:
+        for row in rows:
             writer.writerow({k: _cell(row.get(k)) for k in columns})
         write_text_atomic(path, buffer.getvalue())
+
+
+def append_rows(csv_path, rows):
+    """Append `rows` (dicts) to the CSV at `csv_path` (created with COLUMNS first), atomically and under a lock."""
+    _rewrite(csv_path, lambda existing: [*existing, *rows])
+
+
+def drop_rows(csv_path, predicate):
+    """Remove the rows (dicts of strings) for which `predicate` is true; how many were removed (0: no file)."""
+    if not Path(csv_path).is_file():
+        return 0
+    dropped = []
+
+    def keep(existing):
+        dropped.extend(r for r in existing if predicate(r))
+        return [r for r in existing if not predicate(r)]
+
+    _rewrite(csv_path, keep)
+    return len(dropped)
 
 
 def read_leaderboard(csv_path):
