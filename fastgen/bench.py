@@ -7,7 +7,8 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
    found (`suite.teacher_ready`) or `bench.retrain_teacher=true`; every other cell waits for it;
 2. the baseline (`python -m fastgen.evaluate experiment=<baseline>`): DPM-Solver++ rows and the data floor;
 3. every method experiment once per training seed, as run `bench_<suite>/<experiment>-seed<S>`, with its
-   end-of-training evaluation appending rows to `suite.leaderboard`.
+   end-of-training evaluation appending rows to `suite.leaderboard` (its own rows only: the baseline's are the
+   baseline cell's).
 
 Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the
 bench is started again; an interrupted training cell resumes from its last checkpoint (`ckpt_path=last`).
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+from filelock import FileLock
 from omegaconf import DictConfig
 
 from fastgen.atomic_write import write_text_atomic
@@ -62,28 +64,38 @@ def plan(cfg: DictConfig) -> list[Cell]:
         cells.append(Cell(suite.baseline, [*python, "fastgen.evaluate", f"experiment={suite.baseline}",
                                            f"eval.leaderboard={suite.leaderboard}"], "baseline",
                           replaces=lambda row, baseline=suite.baseline: row["experiment"] == baseline))
+    # with a baseline cell, the method runs leave the baseline rows to it (no copies of them per method)
+    no_baseline = ["eval.baseline_steps=[]"] if suite.get("baseline") else []
     for seed in bench.seeds:
         for experiment in suite.methods:
             name = f"{experiment}-seed{seed}"
             run_name = f"bench_{suite.name}/{name}"
             cells.append(Cell(name, [*python, "fastgen.fit", f"experiment={experiment}", f"seed={seed}",
                                      f"run_name={run_name}", "ckpt_path=last",
-                                     f"eval.leaderboard={suite.leaderboard}", *overrides], "method",
+                                     f"eval.leaderboard={suite.leaderboard}", *no_baseline, *overrides], "method",
                               replaces=lambda row, prefix=f"{run_name}-": row["run_id"].startswith(prefix)))
     return cells
 
 
 class State:
-    """Finished cells of one suite: {cell name: {"seconds": ..., "finished": ...}} in a JSON file."""
+    """Finished cells of one suite: {cell name: {"seconds": ..., "finished": ...}} in a JSON file.
+
+    Each finish re-reads the file under a lock before writing, so two benches running different cells of one
+    suite (e.g. other `suite.methods`) keep each other's entries."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.done = json.loads(path.read_text()) if path.is_file() else {}
+        self.done = self._read()
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def finish(self, cell: Cell, seconds: float) -> None:
-        self.done[cell.name] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps(self.done, indent=1))
+        with FileLock(f"{self.path}.lock"):
+            self.done = {**self._read(), **self.done}
+            self.done[cell.name] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            write_text_atomic(self.path, json.dumps(self.done, indent=1))
 
 
 def _clock(seconds: float) -> str:

@@ -23,7 +23,8 @@ def test_plan_trains_a_missing_teacher_first_and_every_method_per_seed(tmp_path)
     assert len(methods) == 2 * len(cfg.suite.methods) == 12
     ufogen_seed3 = next(c for c in methods if c.name == "ufogen_mnist-seed3")
     assert {"experiment=ufogen_mnist", "seed=3", "run_name=bench_mnist/ufogen_mnist-seed3", "ckpt_path=last",
-            "eval.leaderboard=benchmarks/leaderboards/mnist.csv", "trainer.accelerator=cpu"} <= set(ufogen_seed3.command)
+            "eval.leaderboard=benchmarks/leaderboards/mnist.csv", "eval.baseline_steps=[]",
+            "trainer.accelerator=cpu"} <= set(ufogen_seed3.command)
     # the committed teacher counts as found: no teacher cell
     assert [c.kind for c in plan(_bench_cfg([f"paths.runs_dir={tmp_path}"]))][0] == "baseline"
 
@@ -69,3 +70,10 @@ def test_a_cell_that_runs_again_replaces_its_earlier_rows_and_only_those(tmp_pat
     baseline = cells["dpm_solver_mnist"]
     assert baseline.replaces({"experiment": "dpm_solver_mnist", "run_id": "real_data"})
     assert not baseline.replaces({"experiment": "ufogen_mnist", "run_id": "dpm_solver-0f5846b31c64"})
+
+
+def test_two_benches_on_one_suite_keep_each_others_finished_cells(tmp_path):
+    first, second = State(tmp_path / "state.json"), State(tmp_path / "state.json")
+    first.finish(Cell("a", [], "method"), 1.0)
+    second.finish(Cell("b", [], "method"), 2.0)
+    assert sorted(State(tmp_path / "state.json").done) == ["a", "b"]
