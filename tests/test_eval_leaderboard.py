@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from fastgen.eval.leaderboard_io import COLUMNS, append_rows, read_leaderboard
-from fastgen.eval.leaderboard_table import summarise
+from fastgen.eval.leaderboard_table import metric_table, summarise
 from fastgen.leaderboard import main
 
 
@@ -55,6 +55,12 @@ def test_summary_takes_best_row_per_seed_and_averages_seeds(board):
     assert summary.loc[("ufogen", 1), "n_seeds"] == 2
     assert summary.loc[("ufogen", 2), "fid"] == 35.0 and summary.loc[("ufogen", 2), "experiment"] == "e"
     assert summary.loc[("real_data", "real"), "fid"] == 18.0
+
+
+def test_tables_list_the_baselines_then_the_data_floor_then_the_methods(board):
+    append_rows(board, [_row("siddm", 4, 60.0), _row("dpm_solver_sde", 4, 70.0)])
+    table = metric_table(summarise(read_leaderboard(board)), "fid")
+    assert list(table.index) == ["dpm_solver", "dpm_solver_sde", "real_data", "ufogen", "siddm"]
 
 
 def test_cli_prints_table_and_writes_markdown_and_plots(board, tmp_path, capsys):

@@ -13,6 +13,7 @@ SUMMARY_METRICS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accura
                    "images_per_s", "peak_mem_mb")
 LOWER_IS_BETTER = {"fid", "kid", "ms_per_image", "peak_mem_mb"}
 REAL = "real"
+BASELINE = "dpm_solver"  # the DPM-Solver++ rows: dpm_solver (ODE), dpm_solver_sde
 
 
 def _best_row(rows):
@@ -52,11 +53,14 @@ def _cell(value, std):
 
 
 def metric_table(summary, metric):
-    """method x steps table of one metric as strings ('12.34 ± 0.5'), or None if the metric is never filled."""
+    """method x steps table of one metric as strings ('12.34 ± 0.5'), or None if the metric is never filled.
+
+    Rows: the DPM-Solver++ baselines, the data floor, then the methods in order of appearance."""
     if summary[metric].isna().all():
         return None
     columns = sorted({s for s in summary["steps"] if s != REAL}) + ([REAL] if (summary["steps"] == REAL).any() else [])
-    table = pd.DataFrame(index=list(dict.fromkeys(summary["method"])), columns=columns, data="")
+    methods = sorted(dict.fromkeys(summary["method"]), key=lambda m: (not m.startswith(BASELINE), m != "real_data"))
+    table = pd.DataFrame(index=methods, columns=columns, data="")
     for _, row in summary.iterrows():
         table.loc[row["method"], row["steps"]] = _cell(row[metric], row[f"{metric}_std"])
     table.columns = [f"{c} step{'s' if c != 1 else ''}" if c != REAL else "real data" for c in columns]

@@ -9,9 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fastgen.eval.leaderboard_table import LOWER_IS_BETTER, REAL, SUMMARY_METRICS  # noqa: E402
-
-BASELINE = "dpm_solver"  # the ODE baseline's rows; its variants (dpm_solver_sde) are dashed too
+from fastgen.eval.leaderboard_table import BASELINE, LOWER_IS_BETTER, REAL, SUMMARY_METRICS  # noqa: E402
 
 
 def _save(fig, path):
