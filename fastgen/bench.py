@@ -12,7 +12,8 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
 
 Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the
 bench is started again; an interrupted training cell resumes from its last checkpoint (`ckpt_path=last`).
-A cell that runs again (delete its entry in the state file to redo it) replaces its earlier leaderboard rows.
+A cell that runs again replaces its earlier leaderboard rows; to redo one, delete its entry in the state file
+and its run folder (left in place, the run resumes from its last checkpoint).
 Each cell's output goes to `runs/bench_<suite>/logs/<cell>.log`; the bench prints one line per event and a
 status line every `STATUS_EVERY_S`. At the end the leaderboard's Markdown tables and plots are written, and
 the suite's README block (`suite.readme`) is rewritten from the CSV (`python -m fastgen.leaderboard`). Up to `bench.jobs` cells run at once, each with `bench.threads` OpenMP
