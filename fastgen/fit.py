@@ -8,6 +8,7 @@ samples, leaderboard rows).
 from __future__ import annotations
 
 import sys
+import warnings
 
 import hydra
 import lightning as L
@@ -18,6 +19,10 @@ from fastgen.config import CONFIG_PATH, register_resolvers, user_errors
 from fastgen.training import AtomicCheckpointIO, StopAtKimg, resolve_ckpt_path
 
 register_resolvers()
+# Two Lightning warnings that describe intended behaviour: frozen teachers and EMA copies stay in eval mode, and
+# a checkpoint after step N of a manual-optimisation method holds the weights after N updates.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

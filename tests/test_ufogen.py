@@ -103,6 +103,21 @@ def test_bad_options_name_the_config_key(cache_dir):
         UFOGen(backbone, gan_loss="hinge")
     with pytest.raises(ValueError, match="method.rec_weighting"):
         UFOGen(backbone, rec_weighting="edm")
+    with pytest.raises(ValueError, match="method.train_grid_steps"):
+        UFOGen(backbone, train_grid_steps=0)
+
+
+def test_times_are_drawn_uniformly_or_on_the_sampling_grid(cache_dir):
+    backbone = build_random("mnist_pixel", cache_dir=cache_dir)
+    torch.manual_seed(0)
+    t, s = UFOGen(backbone, eval_teacher=False).draw_times(20000, "cpu")
+    assert t.min() == 1 and t.max() == 999 and len(t.unique()) > 990
+    assert torch.equal(s, (t - 250).clamp(min=0))
+    t, s = UFOGen(backbone, train_grid_steps=8, eval_teacher=False).draw_times(8000, "cpu")
+    values, counts = t.unique(return_counts=True)
+    assert values.tolist() == [124, 249, 374, 499, 624, 749, 874, 999]
+    assert counts.min() > 900  # each of the 8 times about 1000 of 8000
+    assert torch.equal(s, (t - 250).clamp(min=0))
 
 
 class RecordingD(nn.Module):

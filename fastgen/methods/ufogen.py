@@ -39,6 +39,10 @@ Deviations / open choices (config fields, defaults from METHODS.md and xuyanwu/S
 - `rec_weighting`: "uniform" (γ_t = 1, the paper's ‖x0 − x̂0‖²) or "snr" (γ_t = α_t²/σ_t², which makes
   the term ‖ε − ε̂‖²: the author's code uses the plain ε-prediction diffusion loss). "snr" is computed in
   ε form, which is the same quantity without dividing by a near-zero σ_t at small t.
+- `train_grid_steps`: null draws t ~ U{1..T−1} (the paper). An integer N draws t only from the trailing
+  N-step sampling grid (N = 8 covers every time the 1/2/4/8-step sampler visits: 999, 874, ..., 124), as ADD
+  (Sauer et al. 2023, Sec. 3.2) and DMD2 (Yin et al. 2024, Sec. 4.4) train their few-step students: a uniform
+  t puts 0.1% of the updates at t = 999, the only time one-step sampling uses.
 - Real and fake x_s use independent noises, and s = max(t − Δ, 0) is clamped at the first noise level
   (index 0, ᾱ_0 ≈ 0.999), as in the author's code.
 - R1 (`r1_gamma`, lazy every `r1_every` D steps, StyleGAN2 scaling) is not in the paper; off by default.
@@ -95,6 +99,7 @@ class UFOGen(FewStepMethod):
         self,
         backbone,
         t_gap: int = 250,
+        train_grid_steps: int | None = None,
         lambda_rec: float = 1.0,
         rec_weighting: str = "uniform",
         gan_loss: str = "softplus",
@@ -145,6 +150,10 @@ class UFOGen(FewStepMethod):
         for key in ("d_every", "r1_every"):
             if hp[key] < 1:
                 raise ValueError(f"method.{key}={hp[key]} must be a positive integer")
+        if hp.train_grid_steps is not None and not 1 <= hp.train_grid_steps < T:
+            raise ValueError(
+                f"method.train_grid_steps={hp.train_grid_steps} must be null (t ~ U{{1..T-1}}) or a step count in [1, {T - 1}]"
+            )
         if hp.r1_gamma < 0:
             raise ValueError(f"method.r1_gamma={hp.r1_gamma} must be >= 0 (0 = no R1)")
         if hp.lora_rank < 0:
@@ -152,8 +161,13 @@ class UFOGen(FewStepMethod):
 
     # -- the training pair --------------------------------------------------------------------------------------
     def draw_times(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """t ~ U{1..T−1} and s = max(t − Δ, 0)."""
-        t = torch.randint(1, self.backbone.num_train_timesteps, (n,), device=device)
+        """t ~ U{1..T−1} (or uniform over the `train_grid_steps` sampling grid) and s = max(t − Δ, 0)."""
+        T, grid_steps = self.backbone.num_train_timesteps, self.hparams.train_grid_steps
+        if grid_steps is None:
+            t = torch.randint(1, T, (n,), device=device)
+        else:
+            grid = trailing_timesteps(grid_steps, T).to(device)
+            t = grid[torch.randint(0, grid_steps, (n,), device=device)]
         return t, (t - self.hparams.t_gap).clamp(min=0)
 
     def fake_from(self, x0_hat: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
