@@ -65,14 +65,16 @@ def drop_rows(csv_path, predicate):
     """Remove the rows (dicts of strings) for which `predicate` is true; how many were removed (0: no file)."""
     if not Path(csv_path).is_file():
         return 0
-    dropped = []
+    removed = 0
 
     def keep(existing):
-        dropped.extend(r for r in existing if predicate(r))
-        return [r for r in existing if not predicate(r)]
+        nonlocal removed
+        kept = [r for r in existing if not predicate(r)]
+        removed = len(existing) - len(kept)
+        return kept
 
     _rewrite(csv_path, keep)
-    return len(dropped)
+    return removed
 
 
 def read_leaderboard(csv_path):
