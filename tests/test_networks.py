@@ -36,6 +36,18 @@ def test_denoise_recovers_x0_when_eps_is_exact(tmp_path):
     assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.equal(eps_hat, noise)
 
 
+def test_bf16_text_encoder_conditions_an_fp32_unet_outside_autocast(tmp_path):
+    """model.dtype=bf16 stores the frozen text encoder and VAE in bf16; sampling and evaluation run outside
+    autocast, so the prompt embeddings must come back in the trainable UNet's float32."""
+    backbone = build_random("tiny_latent", dtype="bf16", cache_dir=str(tmp_path))
+    assert backbone.text_encoder.dtype == torch.bfloat16 and backbone.unet.dtype == torch.float32
+    cond = backbone.encode_prompts(["a photo of a cat", ""])
+    assert cond.dtype == torch.float32
+    x = torch.randn(2, *backbone.sample_shape)
+    x0_hat, _ = backbone.denoise(backbone.unet, x, torch.tensor([999, 500]), cond)
+    assert x0_hat.dtype == torch.float32 and torch.isfinite(backbone.decode(x0_hat)).all()
+
+
 def test_sd15_loading_path_offline_on_tiny_weights(tmp_path, experiment_cfg):
     """`model=sd15 model.pretrained=DIR` loads a diffusers-layout directory with from_pretrained."""
     original = build_random("tiny_latent", cache_dir=str(tmp_path))

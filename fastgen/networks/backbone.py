@@ -74,11 +74,12 @@ class Backbone(nn.Module):
     # -- text ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Last hidden state of the frozen text encoder, [B, L, D] (SD's conditioning)."""
+        """Last hidden state of the frozen text encoder, [B, L, D] (SD's conditioning), in float32 like the latents:
+        a bf16 text encoder (`model.dtype`) must not hand bf16 to an fp32 UNet outside autocast (sampling, eval)."""
         ids = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.max_prompt_length, truncation=True, return_tensors="pt"
         ).input_ids.to(self.alphas_cumprod.device)
-        return self.text_encoder(ids)[0]
+        return self.text_encoder(ids)[0].float()
 
     # -- pixels <-> model space ----------------------------------------------------------------------
     @torch.no_grad()
