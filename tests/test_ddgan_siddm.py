@@ -188,6 +188,25 @@ def test_one_step_named_losses_and_phase_owned_updates(mnist_backbone, monkeypat
     assert m.images_seen.item() == 2 and m.train_steps.item() == 1
 
 
+@pytest.mark.parametrize("name", ["ddgan", "siddm"])
+def test_finite_difference_r1_adds_a_perturbed_real_batch(mnist_backbone, monkeypatch, name):
+    """r1_sigma > 0: D sees [real; fake; real + σε] (DDGAN: x_t beside each) and d_r1 trains D without a double backward."""
+    m = make(name, mnist_backbone, nz=4, r1_gamma=1.0, r1_sigma=0.05)
+    calls, pairs = record_discriminator_inputs(m, monkeypatch)
+    b = batch()
+    losses = m.d_losses(m.backbone.batch_to_x0(b), m.backbone.batch_to_cond(b), r1_weight=0.5)
+    (d_x, d_cond), = calls
+    real, fake, perturbed = d_x.chunk(3)
+    assert torch.equal(real, pairs[0].x_prev) and torch.equal(fake, pairs[0].fake_prev)
+    assert 0.03 < (perturbed - real).std() < 0.07 and not real.requires_grad
+    assert (d_cond is None) == (name == "siddm")
+    if name == "ddgan":
+        assert torch.equal(d_cond, torch.cat([pairs[0].x_t] * 3))
+    assert torch.isfinite(losses["d_r1"]) and losses["d_r1"] > 0
+    losses["d_r1"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.discriminator.parameters())
+
+
 def test_sampling_is_deterministic_given_a_seeded_generator(mnist_backbone):
     m = make("ddgan", mnist_backbone, nz=4, num_steps=2)
     noise = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))

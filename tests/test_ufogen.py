@@ -97,6 +97,21 @@ def test_r1_through_a_gradient_checkpointed_backbone(cache_dir):
     assert all(p.grad is not None for p in method.discriminator.parameters() if p.requires_grad)
 
 
+def test_finite_difference_r1_keeps_the_discriminator_checkpointed(cache_dir):
+    """r1_sigma > 0: no double backward, so D keeps the backbone's gradient checkpointing and R1 still trains D."""
+    backbone = build_random("mnist_pixel", cache_dir=cache_dir)
+    backbone.unet.enable_gradient_checkpointing()
+    method = UFOGen(backbone, eval_teacher=False, r1_gamma=1.0, r1_sigma=0.05)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in method.discriminator.modules())
+    x0, cond = batch(method)
+    d = method.d_losses(x0, cond, r1_weight=0.5)
+    assert set(d) == {"d_real", "d_fake", "d_r1"} and torch.isfinite(d["d_r1"]) and d["d_r1"] > 0
+    d["d_r1"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.discriminator.parameters())
+    with pytest.raises(ValueError, match="method.r1_sigma"):
+        UFOGen(build_random("mnist_pixel", cache_dir=cache_dir), r1_sigma=-1.0)
+
+
 def test_bad_options_name_the_config_key(cache_dir):
     backbone = build_random("mnist_pixel", cache_dir=cache_dir)
     with pytest.raises(ValueError, match="method.gan_loss"):

@@ -23,6 +23,7 @@ from fastgen.core.gan_losses import (
     g_loss_clamped_bce,
     g_loss_softplus,
     r1_penalty,
+    r1_penalty_finite_difference,
 )
 from fastgen.core.guidance import classifier_free_guidance
 from fastgen.core.schedules import (
@@ -66,6 +67,7 @@ __all__ = [
     "q_sample",
     "q_step",
     "r1_penalty",
+    "r1_penalty_finite_difference",
     "scaled_linear_alphas_cumprod",
     "trailing_timesteps",
     "v_to_eps",

@@ -24,7 +24,9 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from fastgen.core import d_loss_softplus, q_posterior_sample, q_sample, q_step, r1_penalty, trailing_timesteps
+from fastgen.core import (
+    d_loss_softplus, q_posterior_sample, q_sample, q_step, r1_penalty, r1_penalty_finite_difference, trailing_timesteps,
+)
 from fastgen.methods.base import FewStepMethod
 
 
@@ -56,20 +58,27 @@ def discriminator_losses(
     x_cond: torch.Tensor | None = None,
     r1_weight: float = 0.0,
     loss_fn=d_loss_softplus,
+    r1_sigma: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """`d_real`, `d_fake` from one D call on [real; fake] (fake detached), and `d_r1` = r1_weight·‖∇_real D‖²
-    when r1_weight > 0 (that call then uses the math attention kernel, the one with a double backward).
-    `x_cond` (the same for both halves) goes to D's joint input."""
-    real = real.detach().requires_grad_(r1_weight > 0)
-    both = lambda a: None if a is None else torch.cat([a, a])  # noqa: E731
-    # R1 differentiates D's input gradient again: only the math attention kernel has a double backward
-    with sdpa_kernel(SDPBackend.MATH) if r1_weight > 0 else contextlib.nullcontext():
-        logits = discriminator(torch.cat([real, fake.detach()]), both(t), both(cond), x_cond=both(x_cond))
-    real_logits, fake_logits = logits.chunk(2)
+    when r1_weight > 0: exact (double backward; that call then uses the math attention kernel, the only one with
+    a double backward) when r1_sigma = 0, else its finite-difference estimate from a third batch, real + r1_sigma·ε,
+    in the same D call (`r1_penalty_finite_difference`). `x_cond` (the same for every part) goes to D's joint input."""
+    exact_r1 = r1_weight > 0 and r1_sigma == 0
+    real = real.detach().requires_grad_(exact_r1)
+    parts = [real, fake.detach()]
+    if r1_weight > 0 and r1_sigma > 0:
+        parts.append(real + r1_sigma * torch.randn_like(real))
+    repeat = lambda a: None if a is None else torch.cat([a] * len(parts))  # noqa: E731
+    with sdpa_kernel(SDPBackend.MATH) if exact_r1 else contextlib.nullcontext():
+        logits = discriminator(torch.cat(parts), repeat(t), repeat(cond), x_cond=repeat(x_cond))
+    real_logits, fake_logits, *perturbed = logits.chunk(len(parts))
     d_real, d_fake = loss_fn(real_logits, fake_logits)
     losses = {"d_real": d_real, "d_fake": d_fake}
-    if r1_weight > 0:
+    if exact_r1:
         losses["d_r1"] = r1_weight * r1_penalty(real_logits, real)
+    elif perturbed:
+        losses["d_r1"] = r1_weight * r1_penalty_finite_difference(real_logits, perturbed[0], r1_sigma)
     return losses
 
 
@@ -131,6 +140,7 @@ class PosteriorChainGAN(FewStepMethod):
         z_init_scale: float = 0.1,
         r1_gamma: float = 0.02,
         r1_every: int = 15,
+        r1_sigma: float = 0.0,
         lr_g: float = 1.6e-4,
         lr_d: float = 1.25e-4,
         betas_g: tuple[float, float] = (0.5, 0.9),
@@ -150,7 +160,7 @@ class PosteriorChainGAN(FewStepMethod):
         if eval_teacher:  # the evaluation's DPM-Solver++ baseline rows run on this copy; training never reads it
             self.teacher_unet = copy.deepcopy(pretrained).requires_grad_(False).eval()
         self.discriminator = self.build_discriminator(pretrained)
-        if r1_gamma > 0:
+        if r1_gamma > 0 and r1_sigma == 0:
             disable_gradient_checkpointing(self.discriminator)
         backbone.unet = add_latent_input(pretrained, nz, z_init_scale)
         self.ema_unet = self.make_ema(backbone.unet)
@@ -169,6 +179,8 @@ class PosteriorChainGAN(FewStepMethod):
                 raise ValueError(f"method.{key}={hp[key]} must be a positive integer")
         if hp.r1_gamma < 0:
             raise ValueError(f"method.r1_gamma={hp.r1_gamma} must be >= 0 (0 = no R1)")
+        if hp.r1_sigma < 0:
+            raise ValueError(f"method.r1_sigma={hp.r1_sigma} must be >= 0 (0 = exact R1, > 0 = finite-difference R1)")
 
     # -- what a subclass defines --------------------------------------------------------------------------------
     @abc.abstractmethod

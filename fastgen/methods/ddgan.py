@@ -35,7 +35,9 @@ Deviations / open choices (config fields; defaults from METHODS.md and NVlabs/de
   D's time input is the noise level of x_{t−1} (0 at the clean end), as in the official code.
 - R1 uses StyleGAN2's lazy scaling (γ/2·r1_every every r1_every D steps; official code: γ/2, unscaled);
   γ = 0.02, every 15 as for CIFAR-10; with R1 on, D runs without gradient checkpointing (its double backward
-  and checkpoint recomputation do not mix). No cosine LR decay. `max_grad_norm` (default off) clips both networks.
+  and checkpoint recomputation do not mix). `r1_sigma` > 0 replaces the double backward by a finite-difference
+  estimate (`fastgen.core.r1_penalty_finite_difference`): at 512 px the exact R1's math attention over 4096
+  latent tokens ran out of an H200's 139 GiB at batch 8 (benchmarks/RESULTS.md). No cosine LR decay. `max_grad_norm` (default off) clips both networks.
 - `eval_teacher` keeps a frozen copy of the initial UNet as `teacher_unet` (not checkpointed) for the
   evaluation's DPM-Solver++ baseline rows, with CFG at `teacher_guidance_scale`.
 """
@@ -62,7 +64,7 @@ class DDGAN(PosteriorChainGAN):
         with torch.no_grad():
             pair = self.training_pair(x0, cond)
         return discriminator_losses(self.discriminator, pair.x_prev, pair.fake_prev, self.d_time(pair), cond,
-                                    x_cond=pair.x_t, r1_weight=r1_weight)
+                                    x_cond=pair.x_t, r1_weight=r1_weight, r1_sigma=self.hparams.r1_sigma)
 
     def g_losses(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
         """Non-saturating adversarial loss on the fake pair; nothing else."""

@@ -58,7 +58,7 @@ class SIDDM(PosteriorChainGAN):
         with torch.no_grad():
             pair = self.training_pair(x0, cond)
         return discriminator_losses(self.discriminator, pair.x_prev, pair.fake_prev, self.d_time(pair), cond,
-                                    r1_weight=r1_weight)
+                                    r1_weight=r1_weight, r1_sigma=self.hparams.r1_sigma)
 
     def g_losses(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
         """Adversarial loss on the marginal of x'_{t−1}, plus AFD: x'_{t−1} re-noised one step must give back x_t."""

@@ -46,6 +46,7 @@ Deviations / open choices (config fields, defaults from METHODS.md and xuyanwu/S
 - Real and fake x_s use independent noises, and s = max(t − Δ, 0) is clamped at the first noise level
   (index 0, ᾱ_0 ≈ 0.999), as in the author's code.
 - R1 (`r1_gamma`, lazy every `r1_every` D steps, StyleGAN2 scaling) is not in the paper; off by default.
+  `r1_sigma` > 0 estimates it by finite differences instead of a double backward (as DDGAN's docstring says).
 - Gradient-norm clipping at `max_grad_norm` (author: 1.0 on both networks); null disables it.
 - EMA of the generator only (`ema_decay`, author 0.99), used by `sample`; D has no EMA.
 - `lora_rank > 0`: peft LoRA on the generator UNet's attention projections (to_q, to_k, to_v, to_out.0)
@@ -105,6 +106,7 @@ class UFOGen(FewStepMethod):
         gan_loss: str = "softplus",
         r1_gamma: float = 0.0,
         r1_every: int = 16,
+        r1_sigma: float = 0.0,
         d_every: int = 1,
         lr_g: float = 1e-4,
         lr_d: float = 1e-4,
@@ -125,7 +127,7 @@ class UFOGen(FewStepMethod):
         unet = backbone.unet
         # D and the teacher copy start from the pretrained UNet, before any LoRA adapter is injected
         self.discriminator = UNetEncoderDiscriminator(unet)
-        if r1_gamma > 0:
+        if r1_gamma > 0 and r1_sigma == 0:
             disable_gradient_checkpointing(self.discriminator)
         if eval_teacher:
             self.teacher_unet = copy.deepcopy(unet).requires_grad_(False).eval()
@@ -156,6 +158,8 @@ class UFOGen(FewStepMethod):
             )
         if hp.r1_gamma < 0:
             raise ValueError(f"method.r1_gamma={hp.r1_gamma} must be >= 0 (0 = no R1)")
+        if hp.r1_sigma < 0:
+            raise ValueError(f"method.r1_sigma={hp.r1_sigma} must be >= 0 (0 = exact R1, > 0 = finite-difference R1)")
         if hp.lora_rank < 0:
             raise ValueError(f"method.lora_rank={hp.lora_rank} must be 0 (full fine-tuning) or a positive rank")
 
@@ -189,7 +193,8 @@ class UFOGen(FewStepMethod):
             _, x0_hat, _, _ = self.predict_x0(x0, t, cond)
             fake = self.fake_from(x0_hat, s)
         real = q_sample(x0, s, torch.randn_like(x0), self.backbone.alphas_cumprod)
-        return discriminator_losses(self.discriminator, real, fake, s, cond, r1_weight=r1_weight, loss_fn=self.d_loss_fn)
+        return discriminator_losses(self.discriminator, real, fake, s, cond, r1_weight=r1_weight, loss_fn=self.d_loss_fn,
+                                    r1_sigma=self.hparams.r1_sigma)
 
     def g_losses(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
         """`g_adv` on a fresh fake x'_s ~ q(x_s | x̂0), `g_rec` = λ_rec·γ_t·‖x0 − x̂0‖²."""
