@@ -57,10 +57,11 @@ def test_summary_takes_best_row_per_seed_and_averages_seeds(board):
     assert summary.loc[("real_data", "real"), "fid"] == 18.0
 
 
-def test_tables_list_the_baselines_then_the_data_floor_then_the_methods(board):
-    append_rows(board, [_row("siddm", 4, 60.0), _row("dpm_solver_sde", 4, 70.0)])
+def test_tables_list_the_baselines_then_the_data_floor_then_the_methods_in_a_fixed_order(board):
+    append_rows(board, [_row("my_method", 4, 50.0), _row("tscd", 4, 55.0), _row("siddm", 4, 60.0),
+                        _row("dpm_solver_sde", 4, 70.0), _row("ufogen", 4, 30.0)])  # a re-run: ufogen appended last
     table = metric_table(summarise(read_leaderboard(board)), "fid")
-    assert list(table.index) == ["dpm_solver", "dpm_solver_sde", "real_data", "ufogen", "siddm"]
+    assert list(table.index) == ["dpm_solver", "dpm_solver_sde", "real_data", "ufogen", "siddm", "tscd", "my_method"]
 
 
 def test_cli_prints_table_and_writes_markdown_and_plots(board, tmp_path, capsys):

@@ -14,6 +14,7 @@ SUMMARY_METRICS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accura
 LOWER_IS_BETTER = {"fid", "kid", "ms_per_image", "peak_mem_mb"}
 REAL = "real"
 BASELINE = "dpm_solver"  # the DPM-Solver++ rows: dpm_solver (ODE), dpm_solver_sde
+METHOD_ORDER = ("ufogen", "siddm", "ddgan", "lcm", "lcm_lora", "tscd")  # the flagship first, families together
 
 
 def _best_row(rows):
@@ -55,11 +56,14 @@ def _cell(value, std):
 def metric_table(summary, metric):
     """method x steps table of one metric as strings ('12.34 ± 0.5'), or None if the metric is never filled.
 
-    Rows: the DPM-Solver++ baselines, the data floor, then the methods in order of appearance."""
+    Rows: the DPM-Solver++ baselines, the data floor, the methods of METHOD_ORDER in that order, then any other
+    method in order of appearance (a re-run cell does not move its method)."""
     if summary[metric].isna().all():
         return None
     columns = sorted({s for s in summary["steps"] if s != REAL}) + ([REAL] if (summary["steps"] == REAL).any() else [])
-    methods = sorted(dict.fromkeys(summary["method"]), key=lambda m: (not m.startswith(BASELINE), m != "real_data"))
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    methods = sorted(dict.fromkeys(summary["method"]),
+                     key=lambda m: (not m.startswith(BASELINE), m != "real_data", rank.get(m, len(rank))))
     table = pd.DataFrame(index=methods, columns=columns, data="")
     for _, row in summary.iterrows():
         table.loc[row["method"], row["steps"]] = _cell(row[metric], row[f"{metric}_std"])
