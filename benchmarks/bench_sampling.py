@@ -7,8 +7,8 @@
 
 Bare work for a method at `steps`: encoding the prompts (and the empty prompt when it uses CFG), NFE(steps)
 forward passes of the bare UNet at the batch size (CFG counts twice), and the VAE decode -- each timed alone.
-The printed overhead ratio is (sample + decode) / bare; 1.0 means the framework adds nothing; `all above` is
-the ratio of the sums over every method and step count (steadier than single rows on a busy machine). Methods are built
+The printed overhead ratio is (sample + decode) / bare; 1.0 means the framework adds nothing; `all eager method
+rows` is the ratio of the sums over every method, batch and step count (steadier than single rows on a busy machine). Methods are built
 from their `*_tiny` experiments (random init: speed does not depend on the weights). With `--model sd15_random`
 and a GPU this is the SD1.5-size benchmark (add `--dtype bf16`: text encoder and VAE in bf16, UNets under bf16
 autocast, as `trainer.precision=bf16-mixed` runs them); ms/img and img/s are per generated image.
