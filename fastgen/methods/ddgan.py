@@ -37,7 +37,8 @@ Deviations / open choices (config fields; defaults from METHODS.md and NVlabs/de
   γ = 0.02, every 15 as for CIFAR-10; with R1 on, D runs without gradient checkpointing (its double backward
   and checkpoint recomputation do not mix). `r1_sigma` > 0 replaces the double backward by a finite-difference
   estimate (`fastgen.core.r1_penalty_finite_difference`): at 512 px the exact R1's math attention over 4096
-  latent tokens ran out of an H200's 139 GiB at batch 8 (benchmarks/RESULTS.md). No cosine LR decay. `max_grad_norm` (default off) clips both networks.
+  latent tokens ran out of an H200's 139 GiB at batch 8 (benchmarks/RESULTS.md). No cosine LR decay.
+  `max_grad_norm` (default off) clips both networks.
 - `eval_teacher` keeps a frozen copy of the initial UNet as `teacher_unet` (not checkpointed) for the
   evaluation's DPM-Solver++ baseline rows, with CFG at `teacher_guidance_scale`.
 """
