@@ -5,7 +5,8 @@
 - `lazy_r1_weight`: StyleGAN2's lazy R1 schedule as the weight of this D update's penalty term.
 - `discriminator_losses`: D's named terms `d_real`, `d_fake` (and `d_r1`) on one real and one fake batch,
   with D's optional `x_cond` input (DDGAN's joint discriminator) passed to both.
-- `disable_gradient_checkpointing`: for a D trained with R1 (a double backward through the D).
+- `check_r1_options`, `prepare_discriminator_for_r1`: the R1 settings every adversarial method shares (exact R1
+  is a double backward through D, which then runs without gradient checkpointing).
 - `add_latent_input`: a copy of a diffusers UNet with a latent z input (DDGAN's G(x_t, t, z)).
 - `PosteriorChainGAN`: the DDGAN family (DDGAN, SIDDM): a generator G(x_t, t, z) → x̂0 over T levels,
   fakes drawn from the posterior q(x_{t−1} | x_t, x̂0), alternating D and G phases, posterior-chain sampling.
@@ -82,13 +83,23 @@ def discriminator_losses(
     return losses
 
 
-def disable_gradient_checkpointing(module: nn.Module) -> None:
-    """Switch off diffusers' gradient checkpointing in every block of `module`. R1 differentiates D's input
-    gradient again, with the math attention kernel; checkpointed blocks would recompute their attention
-    in the final backward with the default kernel, whose saved tensors differ (torch CheckpointError)."""
-    for block in module.modules():
-        if getattr(block, "gradient_checkpointing", False):
-            block.gradient_checkpointing = False
+def check_r1_options(r1_gamma: float, r1_sigma: float) -> None:
+    """Bad R1 values name their config key."""
+    if r1_gamma < 0:
+        raise ValueError(f"method.r1_gamma={r1_gamma} must be >= 0 (0 = no R1)")
+    if r1_sigma < 0:
+        raise ValueError(f"method.r1_sigma={r1_sigma} must be >= 0 (0 = exact R1, > 0 = finite-difference R1)")
+
+
+def prepare_discriminator_for_r1(discriminator: nn.Module, r1_gamma: float, r1_sigma: float) -> None:
+    """Exact R1 (r1_gamma > 0, r1_sigma = 0) switches off diffusers' gradient checkpointing in every block of D.
+    It differentiates D's input gradient again, with the math attention kernel; checkpointed blocks would
+    recompute their attention in the final backward with the default kernel, whose saved tensors differ (torch
+    CheckpointError). The finite-difference R1 has no double backward and keeps D checkpointed."""
+    if r1_gamma > 0 and r1_sigma == 0:
+        for block in discriminator.modules():
+            if getattr(block, "gradient_checkpointing", False):
+                block.gradient_checkpointing = False
 
 
 # -- the latent-z generator ---------------------------------------------------------------------------------
@@ -160,8 +171,7 @@ class PosteriorChainGAN(FewStepMethod):
         if eval_teacher:  # the evaluation's DPM-Solver++ baseline rows run on this copy; training never reads it
             self.teacher_unet = copy.deepcopy(pretrained).requires_grad_(False).eval()
         self.discriminator = self.build_discriminator(pretrained)
-        if r1_gamma > 0 and r1_sigma == 0:
-            disable_gradient_checkpointing(self.discriminator)
+        prepare_discriminator_for_r1(self.discriminator, r1_gamma, r1_sigma)
         backbone.unet = add_latent_input(pretrained, nz, z_init_scale)
         self.ema_unet = self.make_ema(backbone.unet)
         levels = trailing_timesteps(num_steps, backbone.num_train_timesteps).flip(0)  # ascending t_1..t_T
@@ -177,10 +187,7 @@ class PosteriorChainGAN(FewStepMethod):
         for key in ("nz", "r1_every"):
             if hp[key] < 1:
                 raise ValueError(f"method.{key}={hp[key]} must be a positive integer")
-        if hp.r1_gamma < 0:
-            raise ValueError(f"method.r1_gamma={hp.r1_gamma} must be >= 0 (0 = no R1)")
-        if hp.r1_sigma < 0:
-            raise ValueError(f"method.r1_sigma={hp.r1_sigma} must be >= 0 (0 = exact R1, > 0 = finite-difference R1)")
+        check_r1_options(hp.r1_gamma, hp.r1_sigma)
 
     # -- what a subclass defines --------------------------------------------------------------------------------
     @abc.abstractmethod

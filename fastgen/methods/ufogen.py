@@ -73,7 +73,7 @@ from fastgen.core import (
     trailing_timesteps,
 )
 from fastgen.methods.adversarial import (
-    adversarial_phase, disable_gradient_checkpointing, discriminator_losses, lazy_r1_weight,
+    adversarial_phase, check_r1_options, discriminator_losses, lazy_r1_weight, prepare_discriminator_for_r1,
 )
 from fastgen.methods.base import FewStepMethod
 from fastgen.networks.discriminators import UNetEncoderDiscriminator
@@ -127,8 +127,7 @@ class UFOGen(FewStepMethod):
         unet = backbone.unet
         # D and the teacher copy start from the pretrained UNet, before any LoRA adapter is injected
         self.discriminator = UNetEncoderDiscriminator(unet)
-        if r1_gamma > 0 and r1_sigma == 0:
-            disable_gradient_checkpointing(self.discriminator)
+        prepare_discriminator_for_r1(self.discriminator, r1_gamma, r1_sigma)
         if eval_teacher:
             self.teacher_unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if lora_rank > 0:
@@ -156,10 +155,7 @@ class UFOGen(FewStepMethod):
             raise ValueError(
                 f"method.train_grid_steps={hp.train_grid_steps} must be null (t ~ U{{1..T-1}}) or a step count in [1, {T - 1}]"
             )
-        if hp.r1_gamma < 0:
-            raise ValueError(f"method.r1_gamma={hp.r1_gamma} must be >= 0 (0 = no R1)")
-        if hp.r1_sigma < 0:
-            raise ValueError(f"method.r1_sigma={hp.r1_sigma} must be >= 0 (0 = exact R1, > 0 = finite-difference R1)")
+        check_r1_options(hp.r1_gamma, hp.r1_sigma)
         if hp.lora_rank < 0:
             raise ValueError(f"method.lora_rank={hp.lora_rank} must be 0 (full fine-tuning) or a positive rank")
 
