@@ -9,6 +9,9 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
 3. every method experiment once per training seed, as run `bench_<suite>/<experiment>-seed<S>`, with its
    end-of-training evaluation appending rows to `suite.leaderboard` (its own rows only: the baseline's are the
    baseline cell's).
+4. the controls (`suite.controls`): a method experiment evaluated untrained (`python -m fastgen.evaluate
+   experiment=<experiment> label=<method>@init`): the teacher sampled the method's way, the row that shows
+   what training adds.
 
 Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the
 bench is started again; an interrupted training cell resumes from its last checkpoint (`ckpt_path=last`).
@@ -48,7 +51,7 @@ POLL_S = 2.0
 class Cell:
     name: str          # unique within the suite; also the log file's name
     command: list[str]
-    kind: str          # teacher | baseline | method
+    kind: str          # teacher | baseline | method | control
     replaces: Callable[[dict], bool] | None = None  # leaderboard rows of an earlier run of this cell
 
 
@@ -75,6 +78,12 @@ def plan(cfg: DictConfig) -> list[Cell]:
                                      f"run_name={run_name}", "ckpt_path=last",
                                      f"eval.leaderboard={suite.leaderboard}", *no_baseline, *overrides], "method",
                               replaces=lambda row, prefix=f"{run_name}-": row["run_id"].startswith(prefix)))
+    for experiment in suite.get("controls") or []:
+        label = f"{experiment.removesuffix('_' + suite.name)}@init"
+        cells.append(Cell(f"{experiment}-init", [*python, "fastgen.evaluate", f"experiment={experiment}",
+                                                 f"label={label}", "real_data=false",
+                                                 f"eval.leaderboard={suite.leaderboard}", *overrides], "control",
+                          replaces=lambda row, label=label: row["method"] == label))
     return cells
 
 

@@ -6,6 +6,9 @@ Evaluate a trained checkpoint (method, model and data rebuilt from the config sa
 (`eval=...`, `eval.*`), not from the checkpoint. Rows go to `eval.leaderboard` (default
 `<run>/leaderboard.csv`), grids to `<run>/samples/`; the data-floor row too unless `real_data=false`.
 `check=true` lists the assets (like `python -m fastgen.doctor`) and exits.
+
+Without `ckpt`, a distillation method is evaluated as initialised (the teacher, sampled the method's way):
+the control that shows what training adds. `label=ufogen@init` names such rows apart from trained ones.
 """
 
 import sys
@@ -54,7 +57,8 @@ def evaluate(cfg):
     else:
         rows = run_eval(method, datamodule, settings, out_dir=run_dir, experiment=experiment,
                         run_id=f"{experiment or method.name}-{Path(cfg.ckpt).stem if cfg.ckpt else 'eval'}",
-                        checkpoint=str(cfg.ckpt or ""), train_seed=config.get("seed"), suite=suite)
+                        checkpoint=str(cfg.ckpt or ""), train_seed=config.get("seed"), suite=suite,
+                        label=cfg.label or "")
     if cfg.real_data:
         rows.append(real_data_row(datamodule, settings, experiment=experiment, suite=suite))
     import pandas as pd

