@@ -105,3 +105,9 @@ def test_readme_leaderboard_matches_the_committed_csv(tmp_path):
     committed = text[text.index(start) + len(start):text.index(end)]
     block = readme_block(summarise(read_leaderboard(csv_path)), csv_path, readme, csv_path.parent)
     assert committed == block
+
+
+def test_plot_line_styles_tell_baselines_controls_and_methods_apart():
+    from fastgen.eval.plots import _linestyle
+
+    assert [_linestyle(m) for m in ("dpm_solver", "dpm_solver_sde", "ufogen@init", "ufogen")] == ["--", "--", "-.", "-"]

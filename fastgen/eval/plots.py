@@ -20,12 +20,17 @@ def _save(fig, path):
     return path
 
 
+def _linestyle(method):
+    """Baselines dashed, controls (an untrained method, `<method>@init`) dash-dotted, trained methods solid."""
+    return "--" if method.startswith(BASELINE) else "-." if method.endswith("@init") else "-"
+
+
 def _methods(summary):
     return [m for m in dict.fromkeys(summary["method"]) if m != "real_data"]
 
 
 def metric_vs_steps(summary, metric, path, x="steps"):
-    """One line per method against `x` (steps or nfe; the DPM-Solver++ baseline dashed), the data floor as a
+    """One line per method against `x` (steps or nfe; line styles: `_linestyle`), the data floor as a
     horizontal line."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in _methods(summary):
@@ -33,7 +38,7 @@ def metric_vs_steps(summary, metric, path, x="steps"):
         if len(rows):
             rows = rows.sort_values(x, key=lambda s: s.astype(int))
             ax.errorbar(rows[x].astype(int), rows[metric], yerr=rows[f"{metric}_std"].fillna(0), marker="o",
-                        capsize=3, label=method, linestyle="--" if method.startswith(BASELINE) else "-")
+                        capsize=3, label=method, linestyle=_linestyle(method))
     floor = summary[(summary["method"] == "real_data")][metric].dropna()
     if len(floor):
         ax.axhline(floor.iloc[0], color="gray", linestyle=":", label="real data")
@@ -56,7 +61,7 @@ def quality_vs_latency(summary, path, metric="fid"):
         if len(rows):
             rows = rows.sort_values("ms_per_image")
             ax.plot(rows["ms_per_image"], rows[metric], marker="o", label=method,
-                    linestyle="--" if method.startswith(BASELINE) else "-")
+                    linestyle=_linestyle(method))
             for _, row in rows.iterrows():
                 ax.annotate(str(row["steps"]), (row["ms_per_image"], row[metric]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
