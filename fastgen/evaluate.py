@@ -58,7 +58,7 @@ def evaluate(cfg):
         rows = run_eval(method, datamodule, settings, out_dir=run_dir, experiment=experiment,
                         run_id=f"{experiment or method.name}-{Path(cfg.ckpt).stem if cfg.ckpt else 'eval'}",
                         checkpoint=str(cfg.ckpt or ""), train_seed=config.get("seed"), suite=suite,
-                        label=cfg.label or "")
+                        label=cfg.label)
     if cfg.real_data:
         rows.append(real_data_row(datamodule, settings, experiment=experiment, suite=suite))
     import pandas as pd

@@ -109,7 +109,7 @@ def base_row(settings, prompts, suite, **fields):
 
 
 def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_id="", checkpoint="",
-             train_seed=None, precision=None, grid_tag="", suite=None, label=""):
+             train_seed=None, precision=None, grid_tag="", suite=None, label=None):
     """Evaluate `method` at every supported step count in `cfg.steps`; returns one row per step count.
 
     `cfg` is the `eval` config node (or a dict, or None for defaults). Rows are appended to `cfg.leaderboard`
