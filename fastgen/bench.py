@@ -41,6 +41,7 @@ from omegaconf import DictConfig
 from fastgen.atomic_write import write_text_atomic
 from fastgen.config import CONFIG_PATH, register_resolvers
 from fastgen.eval.leaderboard_io import drop_rows
+from fastgen.eval.leaderboard_table import CONTROL
 
 register_resolvers()
 STATUS_EVERY_S = 300
@@ -79,7 +80,7 @@ def plan(cfg: DictConfig) -> list[Cell]:
                                      f"eval.leaderboard={suite.leaderboard}", *no_baseline, *overrides], "method",
                               replaces=lambda row, prefix=f"{run_name}-": row["run_id"].startswith(prefix)))
     for experiment in suite.get("controls") or []:
-        label = f"{experiment.removesuffix('_' + suite.name)}@init"
+        label = experiment.removesuffix(f"_{suite.name}") + CONTROL
         cells.append(Cell(f"{experiment}-init", [*python, "fastgen.evaluate", f"experiment={experiment}",
                                                  f"label={label}", "real_data=false",
                                                  f"eval.leaderboard={suite.leaderboard}", *overrides], "control",

@@ -14,6 +14,7 @@ SUMMARY_METRICS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accura
 LOWER_IS_BETTER = {"fid", "kid", "ms_per_image", "peak_mem_mb"}
 REAL = "real"
 BASELINE = "dpm_solver"  # the DPM-Solver++ rows: dpm_solver (ODE), dpm_solver_sde
+CONTROL = "@init"  # suffix of a control's rows: a method evaluated untrained (the bench's suite.controls)
 METHOD_ORDER = ("ufogen", "siddm", "ddgan", "lcm", "lcm_lora", "tscd")  # the flagship first, families together
 
 

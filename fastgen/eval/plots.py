@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fastgen.eval.leaderboard_table import BASELINE, LOWER_IS_BETTER, REAL, SUMMARY_METRICS  # noqa: E402
+from fastgen.eval.leaderboard_table import BASELINE, CONTROL, LOWER_IS_BETTER, REAL, SUMMARY_METRICS  # noqa: E402
 
 
 def _save(fig, path):
@@ -22,7 +22,7 @@ def _save(fig, path):
 
 def _linestyle(method):
     """Baselines dashed, controls (an untrained method, `<method>@init`) dash-dotted, trained methods solid."""
-    return "--" if method.startswith(BASELINE) else "-." if method.endswith("@init") else "-"
+    return "--" if method.startswith(BASELINE) else "-." if method.endswith(CONTROL) else "-"
 
 
 def _methods(summary):
