@@ -4,11 +4,11 @@
 #      with and without gradient checkpointing;
 #   2. sampling at SD1.5 size (bf16): 1/2/4/8-step UFOGen and 25-step DPM-Solver++ with CFG, batch 1 and 8,
 #      eager and channels-last;
-#   3. LCM for a few steps under Lightning's FSDP strategy (tiny backbone, one GPU; `fastgen.fit` refuses the
-#      FSDP combinations that failed here on 2026-12-04, benchmarks/RESULTS.md);
+#   3. every method for a few steps under `trainer.strategy=fsdp` (FSDP2; tiny backbone, one GPU; Lightning's
+#      FSDP1 failed here for the two-phase methods on 2026-12-04, benchmarks/RESULTS.md);
 #   4. training step of the other methods at SD1.5 size;
 #   5. sampling as in 2 with torch.compile (compiling the UNet and VAE decoder took over 130 s on an H200).
-#     OUT=gpu-logs bash benchmarks/gpu_checks.sh            (MODEL=tiny_latent RES=32 for a CPU dry run)
+#     OUT=gpu-logs bash benchmarks/gpu_checks.sh            (MODEL=tiny_latent RES=32 ACCELERATOR=cpu: CPU dry run)
 #     STAGES="train_others sample_compile" bash benchmarks/gpu_checks.sh     (a subset: the stage names below)
 # All stages together need about 15 minutes; a device lease of 10 minutes per call needs two calls.
 set -u
@@ -16,6 +16,7 @@ out=${OUT:-gpu-logs}
 model=${MODEL:-sd15_random}
 res=${RES:-512}
 py=${PYTHON:-python3}
+accelerator=${ACCELERATOR:-gpu}
 mkdir -p "$out"
 tmp=$(mktemp -d)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -46,9 +47,16 @@ stage sample_eager 180 $py benchmarks/bench_sampling.py --model "$model" --dtype
 
 $py -c "import sys; sys.path.insert(0, 'benchmarks'); from bench_training import write_random_images as w; \
 w('$tmp/images32', 16, 32)"
-stage fsdp 80 $py -m fastgen.fit experiment=lcm_tiny "data.root=$tmp/images32" method.grad_clip=null \
-    trainer.strategy=fsdp trainer.accelerator=gpu trainer.max_steps=4 logger=none "paths.runs_dir=$tmp/runs" \
-    run_name=fsdp_lcm callbacks.checkpoint.every_n_train_steps=2
+fsdp_all() {  # every tiny experiment for 4 steps under FSDP2 (DDGAN/SIDDM with the finite-difference R1)
+    for e in ufogen_tiny ddgan_tiny siddm_tiny lcm_tiny tscd_tiny; do
+        local r1=(); [[ $e == ddgan_tiny || $e == siddm_tiny ]] && r1=(method.r1_sigma=0.05)
+        $py -m fastgen.fit experiment=$e "data.root=$tmp/images32" trainer.strategy=fsdp trainer.accelerator=$accelerator \
+            trainer.max_steps=4 logger=none "paths.runs_dir=$tmp/runs" run_name=fsdp_$e "${r1[@]}" || return 1
+        echo "fsdp $e: trained, $(ls $tmp/runs/fsdp_$e/checkpoints)"
+    done
+}
+export -f fsdp_all; export py tmp accelerator
+stage fsdp 150 bash -c fsdp_all
 
 stage train_others 130 $py benchmarks/bench_training.py --experiments ddgan_sd15 siddm_sd15 lcm_sd15 lcm_lora_sd15 \
     tscd_sd15 --threads "$threads" --batch-size 8 --steps 4 --warmup 2 --random-images 48 \

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fastgen.config import CONFIG_PATH, register_resolvers, user_errors
-from fastgen.training import AtomicCheckpointIO, StopAtKimg, resolve_ckpt_path
+from fastgen.training import AtomicCheckpointIO, FSDP2Strategy, StopAtKimg, resolve_ckpt_path
 
 register_resolvers()
 # Two Lightning warnings that describe intended behaviour: frozen teachers and EMA copies stay in eval mode, and
@@ -35,27 +35,12 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
-def check_fsdp(strategy, method: L.LightningModule) -> None:
-    """Refuse the FSDP combinations that failed on a GPU (benchmarks/RESULTS.md, H200, 2026-12-04) with what to set."""
-    if "fsdp" not in str(strategy).lower():
-        return
-    if not method.automatic_optimization:
-        raise ValueError(
-            f"trainer.strategy={strategy} does not work with {method.name}: its two-phase manual-optimisation step "
-            "fails in FSDP's first backward ('Expects BACKWARD_PRE or BACKWARD_POST state'). Use trainer.strategy=ddp."
-        )
-    if method.hparams.get("grad_clip"):
-        raise ValueError(
-            f"trainer.strategy={strategy}: Lightning's FSDP precision cannot clip gradients by norm; "
-            "set method.grad_clip=null or use trainer.strategy=ddp."
-        )
-
-
 def build_trainer(cfg: DictConfig, callbacks, method: L.LightningModule) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("max_kimg", None)
-    check_fsdp(trainer_cfg.get("strategy"), method)
-    if trainer_cfg.get("strategy") == "ddp" and not method.automatic_optimization:
+    if trainer_cfg.get("strategy") == "fsdp":
+        trainer_cfg["strategy"] = FSDP2Strategy()
+    elif trainer_cfg.get("strategy") == "ddp" and not method.automatic_optimization:
         # alternating G/D updates (manual optimisation) leave one network without gradients in each phase
         trainer_cfg["strategy"] = "ddp_find_unused_parameters_true"
     logger = False

@@ -1,4 +1,5 @@
-"""Trainer pieces fastgen adds to Lightning: atomic checkpoint writes and a stop at a number of kimg."""
+"""Trainer pieces fastgen adds to Lightning: atomic checkpoint writes, a stop at a number of kimg, and FSDP as
+fully sharded data parallelism (FSDP2)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -20,6 +22,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         torch.save(checkpoint, tmp)
         os.replace(tmp, path)
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """`trainer.strategy=fsdp`: PyTorch's FSDP2 (`fully_shard`) over every device of every node, no tensor
+    parallelism, through Lightning's ModelParallelStrategy; the method shards its own networks in
+    `configure_model` (`fastgen.methods.sharding`). Checkpoints are gathered into one file (the format every
+    other strategy and `fastgen.evaluate` read). Unlike Lightning's FSDPStrategy (FSDP1) it trains the two-phase
+    GAN methods and clips gradients by norm, on GPUs and on CPUs (gloo) alike."""
+
+    def __init__(self, **kwargs):
+        super().__init__(tensor_parallel_size=1, save_distributed_checkpoint=False, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        """fastgen checkpoints leave out the frozen parts (text encoder, VAE, teacher): the keys are checked by the
+        method's own rule (`FewStepMethod.check_checkpoint_keys`), then loaded without Lightning's every-key check."""
+        module = self.lightning_module
+        keys = torch.load(checkpoint_path, mmap=True, map_location="cpu", weights_only=True)["state_dict"].keys()
+        module.check_checkpoint_keys(set(keys))
+        strict, module.strict_loading = module.strict_loading, False
+        try:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        finally:
+            module.strict_loading = strict
 
 
 class StopAtKimg(L.Callback):

@@ -51,13 +51,3 @@ def test_missing_sd15_weights_fail_fast_with_the_key_to_set(tmp_path):
     assert proc.returncode == 2
     assert "model.pretrained=/path/to/stable-diffusion-v1-5" in proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-@pytest.mark.parametrize(
-    ("experiment", "message"), [("ufogen_mnist", "Use trainer.strategy=ddp"), ("lcm_mnist", "set method.grad_clip=null")]
-)
-def test_fsdp_combinations_that_failed_on_a_gpu_are_refused_before_training(tmp_path, experiment, message):
-    proc = _fit(f"experiment={experiment}", "trainer.strategy=fsdp", "logger=none", "eval=none",
-                f"paths.runs_dir={tmp_path}")
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / experiment / "checkpoints").exists()

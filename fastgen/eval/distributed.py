@@ -25,6 +25,15 @@ def barrier():
         dist.barrier()
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's `value` (`all_gather_object`: gloo and nccl alike)."""
+    if not is_distributed():
+        return value
+    values = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return max(values)
+
+
 def shard_indices(n):
     """This rank's contiguous block of sample indices 0..n-1 (blocks differ in size by at most one)."""
     return torch.arange(n).tensor_split(world_size())[rank()]

@@ -15,7 +15,7 @@ numbers equal a single process's), and only rank 0 writes files.
 
 import torch
 
-from fastgen.eval.distributed import gather_in_index_order, is_rank_zero, shard_indices
+from fastgen.eval.distributed import gather_in_index_order, is_rank_zero, max_over_ranks, shard_indices
 from fastgen.eval.fingerprint import device_name, git_commit, module_precision, timestamp
 from fastgen.eval.grids import grid_indices, save_grid
 from fastgen.eval.images import pixels_to_uint8
@@ -56,22 +56,24 @@ def prompt_order_key(suite):
 
 @torch.no_grad()
 def generate(method, prompts, indices, steps, settings, meter):
-    """uint8 images [len(indices), C, H, W] (CPU) for the given sample indices, timing each batch with `meter`."""
+    """uint8 images [len(indices), C, H, W] (CPU) for the given sample indices, timing each batch with `meter`.
+
+    A network sharded by FSDP samples collectively, so every rank makes as many sampling calls as the busiest
+    one: a rank with fewer batches first samples one extra noise (result dropped), as the meter's warm-up."""
     device = method_device(method)
     shape = tuple(method.backbone.sample_shape)
-    images = []
-    for batch in indices.split(settings.batch_size):
+
+    def sample_and_decode(batch):
         noise = eval_noise(batch, shape, settings.seed).to(device)
-        batch_prompts = [prompts[i] for i in batch.tolist()]
         generator = torch.Generator(device).manual_seed(settings.seed + int(batch[0]))
+        return method.backbone.decode(method.sample(noise, [prompts[i] for i in batch.tolist()], steps, generator=generator))
 
-        def sample_and_decode(noise=noise, batch_prompts=batch_prompts, generator=generator):
-            return method.backbone.decode(method.sample(noise, batch_prompts, steps, generator=generator))
-
-        images.append(pixels_to_uint8(meter.time(sample_and_decode, len(batch))).cpu())
-    if settings.latency.enabled and len(indices) and not meter.measured:  # one batch was all warm-up: time it again
-        meter.time(lambda: method.backbone.decode(method.sample(noise, batch_prompts, steps, generator=generator)),
-                   len(batch))
+    batches = list(indices.split(settings.batch_size))
+    calls = [torch.zeros(1, dtype=torch.long)] * (max_over_ranks(len(batches)) - len(batches)) + batches
+    images = [pixels_to_uint8(meter.time(lambda b=batch: sample_and_decode(b), len(batch))).cpu() for batch in calls]
+    if settings.latency.enabled and calls and not meter.measured:  # one batch was all warm-up: time it again
+        meter.time(lambda: sample_and_decode(calls[-1]), len(calls[-1]))
+    images = images[len(calls) - len(batches):]
     return torch.cat(images) if images else torch.empty(0, dtype=torch.uint8)
 
 

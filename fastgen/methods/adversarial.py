@@ -142,6 +142,7 @@ class PosteriorChainGAN(FewStepMethod):
 
     supported_steps: tuple[int, ...] = ()
     guidance_scale = 0.0
+    sharded_networks = ("backbone.unet", "ema_unet", "discriminator")
 
     def __init__(
         self,

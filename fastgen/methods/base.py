@@ -68,7 +68,36 @@ class FewStepMethod(L.LightningModule):
 
     @staticmethod
     def update_ema(ema: nn.Module, online: nn.Module, decay: float) -> None:
-        ema_update_(list(ema.parameters()), list(online.parameters()), decay)
+        """ema ← decay·ema + (1 − decay)·online over the parameters `online` trains (all of them, or its LoRA
+        adapters); `ema` is a deep copy of `online` (sharded the same way under FSDP)."""
+        pairs = [(e, o) for e, o in zip(ema.parameters(), online.parameters()) if o.requires_grad]
+        ema_update_([e for e, _ in pairs], [o for _, o in pairs], decay)
+
+    # -- FSDP: shard the networks that train, and their EMA copies ------------------------------------------
+    sharded_networks: tuple[str, ...] = ()  # attribute paths, e.g. ("backbone.unet", "ema_unet", "discriminator")
+
+    def configure_model(self) -> None:
+        """Under `trainer.strategy=fsdp` (fastgen.training.FSDP2Strategy, which sets `device_mesh`), shard every
+        network in `sharded_networks` across the data-parallel ranks (`fastgen.methods.sharding`); frozen parts
+        (teacher, text encoder, VAE) stay whole on every rank. A no-op under every other strategy."""
+        if self.device_mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.tensor import DTensor
+
+        from fastgen.methods.sharding import check_shardable, shard_network
+
+        check_shardable(self.hparams)
+        for path in self.sharded_networks:
+            network = self
+            for part in path.split("."):  # a network the configuration left out (None or absent) is skipped
+                network = getattr(network, part, None)
+            if network is not None:
+                shard_network(network, self.device_mesh["data_parallel"])
+        self._sharded = True
+        unsharded = [name for name, p in self.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+        if unsharded:  # its gradients would not be averaged across ranks
+            raise RuntimeError(f"{type(self).__name__} trains parameters outside its sharded_networks "
+                               f"{self.sharded_networks}: {unsharded[:3]}")
 
     # -- checkpoints: tensors and primitives, no frozen parts -----------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -78,11 +107,15 @@ class FewStepMethod(L.LightningModule):
         if self.run_config is not None:
             checkpoint["fastgen_config"] = self.run_config
 
+    def check_checkpoint_keys(self, keys: set[str]) -> None:
+        """Raise when a checkpoint's state_dict keys do not match this method's (frozen parts are never saved)."""
+        expected = set(self.state_dict())
+        missing = sorted(k for k in expected - keys if not k.startswith(FROZEN_PREFIXES))
+        unexpected = sorted(keys - expected)
+        if missing or unexpected:
+            raise RuntimeError(f"Checkpoint does not match {type(self).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not k.startswith(FROZEN_PREFIXES)]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"Checkpoint does not match {type(self).__name__}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
-        return result
+        if strict:
+            self.check_checkpoint_keys(set(state_dict))
+        return super().load_state_dict(state_dict, strict=False, assign=assign)

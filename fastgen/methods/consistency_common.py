@@ -5,8 +5,6 @@
 - `solver_grid_pairs`: (t_{n+k}, t_n) pairs on the skipping-step DDIM solver grid.
 - LoRA on the UNet with peft, with diffusers' LCM-LoRA target modules, saved in the format
   `StableDiffusionPipeline.load_lora_weights` reads.
-- An EMA target that averages only the trainable parameters (all of them in full training, the LoRA
-  matrices in LoRA training).
 - `ConsistencyDistillation`: the FewStepMethod base of both, which sets up the frozen teacher (`teacher_unet`),
   the optional LoRA, the optional EMA target, and exports the sampling network at the end of training.
 """
@@ -21,9 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastgen.core import append_dims, classifier_free_guidance, ddim_step, ema_update_, lcm_solver_grid
+from fastgen.core import append_dims, classifier_free_guidance, ddim_step, lcm_solver_grid
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.optim import adamw_with_schedule
+from fastgen.methods.sharding import whole_network
 
 # diffusers examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py: attention projections,
 # feed-forward, resnet convs and shortcuts, down/upsampler convs and the resnets' time-embedding projection.
@@ -123,15 +122,10 @@ def export_unet(unet: nn.Module, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-# -- EMA target and optimizer ------------------------------------------------------------------------
-def update_trainable_ema(ema: nn.Module, online: nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·online over the parameters `online` trains (ema is a deep copy of it)."""
-    pairs = [(e, o) for e, o in zip(ema.parameters(), online.parameters()) if o.requires_grad]
-    ema_update_([e for e, _ in pairs], [o for _, o in pairs], decay)
-
-
 class ConsistencyDistillation(FewStepMethod):
     """Teacher, student (full or LoRA), target (EMA or none) and export, shared by LCM and TSCD."""
+
+    sharded_networks = ("backbone.unet", "target_unet", "discriminator")  # TSCD's optional adversarial term has D
 
     def init_networks(self, teacher_dtype="fp32", lora_rank=None, lora_alpha=None, target_ema_decay=None, make_student=None):
         """teacher_unet ← frozen copy of the backbone's UNet; the student is the backbone's UNet (optionally rebuilt
@@ -153,7 +147,7 @@ class ConsistencyDistillation(FewStepMethod):
 
     def update_target(self) -> None:
         if self.target_unet is not None:
-            update_trainable_ema(self.target_unet, self.backbone.unet, self.target_ema_decay)
+            self.update_ema(self.target_unet, self.backbone.unet, self.target_ema_decay)
 
     def configure_optimizers(self):
         """AdamW with warm-up on the student's trainable parameters (hparams lr, betas, weight_decay, warmup_steps)."""
@@ -164,6 +158,9 @@ class ConsistencyDistillation(FewStepMethod):
     def on_train_end(self):
         """Export the sampling network to `export_dir`: its LoRA (diffusers format) or the full UNet."""
         export_dir = self.hparams.get("export_dir")
-        if export_dir and self.trainer.is_global_zero:
-            (save_lora if self.lora else export_unet)(self.sampling_unet, export_dir)
+        if not export_dir:
+            return
+        unet = whole_network(self.sampling_unet)  # gathered on rank 0 under FSDP (every rank takes part)
+        if self.trainer.is_global_zero:
+            (save_lora if self.lora else export_unet)(unet, export_dir)
             print(f"[fastgen] {self.name} exported to {export_dir}")

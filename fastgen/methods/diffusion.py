@@ -18,10 +18,12 @@ from fastgen.core import alpha_sigma, q_sample
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.dpm_solver import dpm_solver_sample
 from fastgen.methods.optim import adamw_with_schedule
+from fastgen.methods.sharding import whole_network
 
 
 class Diffusion(FewStepMethod):
     name = "diffusion"
+    sharded_networks = ("backbone.unet", "ema_unet")
 
     def __init__(
         self,
@@ -82,8 +84,11 @@ class Diffusion(FewStepMethod):
 
     def on_train_end(self):
         """Export the EMA teacher in the diffusers layout, so distillation runs load it by path."""
-        if self.hparams.export_dir and self.trainer.is_global_zero:
+        if not self.hparams.export_dir:
+            return
+        ema_unet = whole_network(self.ema_unet)  # gathered on rank 0 under FSDP (every rank takes part)
+        if self.trainer.is_global_zero:
             from fastgen.networks import save_backbone
 
-            save_backbone(self.backbone, self.hparams.export_dir, unet=self.ema_unet)
+            save_backbone(self.backbone, self.hparams.export_dir, unet=ema_unet)
             print(f"[fastgen] teacher exported to {self.hparams.export_dir}")

@@ -66,7 +66,6 @@ import torch.nn.functional as F
 from fastgen.core import (
     d_loss_clamped_bce,
     d_loss_softplus,
-    ema_update_,
     g_loss_clamped_bce,
     g_loss_softplus,
     q_sample,
@@ -95,6 +94,7 @@ class UFOGen(FewStepMethod):
     name = "ufogen"
     supported_steps = (1, 2, 4, 8)
     guidance_scale = 0.0
+    sharded_networks = ("backbone.unet", "ema_unet", "discriminator")
 
     def __init__(
         self,
@@ -132,10 +132,7 @@ class UFOGen(FewStepMethod):
             self.teacher_unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if lora_rank > 0:
             add_lora(unet, lora_rank, lora_alpha)
-        self.ema_unet = self.make_ema(unet)
-        trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
-        online, ema = dict(unet.named_parameters()), dict(self.ema_unet.named_parameters())
-        self._ema_pairs = [(ema[n], online[n]) for n in sorted(trainable)]  # with LoRA, only the adapters move
+        self.ema_unet = self.make_ema(unet)  # with LoRA, only the adapters move (update_ema)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self.d_loss_fn, self.g_loss_fn = GAN_LOSSES[gan_loss]
 
@@ -215,7 +212,7 @@ class UFOGen(FewStepMethod):
         """One generator update (D frozen) on a fresh t and fresh noise, then the EMA update."""
         g_opt = self.optimizers()[0]
         losses = adversarial_phase(self, g_opt, lambda: self.g_losses(x0, cond), self.hparams.max_grad_norm)
-        ema_update_([e for e, _ in self._ema_pairs], [o for _, o in self._ema_pairs], self.hparams.ema_decay)
+        self.update_ema(self.ema_unet, self.backbone.unet, self.hparams.ema_decay)
         return losses
 
     def training_step(self, batch, batch_idx):
