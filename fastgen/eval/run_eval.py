@@ -69,11 +69,12 @@ def generate(method, prompts, indices, steps, settings, meter):
         return method.backbone.decode(method.sample(noise, [prompts[i] for i in batch.tolist()], steps, generator=generator))
 
     batches = list(indices.split(settings.batch_size))
-    calls = [torch.zeros(1, dtype=torch.long)] * (max_over_ranks(len(batches)) - len(batches)) + batches
+    extra = max_over_ranks(len(batches)) - len(batches)
+    calls = [torch.zeros(1, dtype=torch.long)] * extra + batches  # an extra call samples index 0, dropped below
     images = [pixels_to_uint8(meter.time(lambda b=batch: sample_and_decode(b), len(batch))).cpu() for batch in calls]
     if settings.latency.enabled and calls and not meter.measured:  # one batch was all warm-up: time it again
         meter.time(lambda: sample_and_decode(calls[-1]), len(calls[-1]))
-    images = images[len(calls) - len(batches):]
+    images = images[extra:]
     return torch.cat(images) if images else torch.empty(0, dtype=torch.uint8)
 
 
