@@ -27,7 +27,8 @@ def test_plan_trains_a_missing_teacher_first_and_every_method_per_seed(tmp_path)
             "trainer.accelerator=cpu"} <= set(ufogen_seed3.command)
     # the controls: each evaluated untrained, after the training cells, rows under <method>@init
     controls = [c for c in cells if c.kind == "control"]
-    assert [c.name for c in controls] == ["ufogen_mnist-init", "ddgan_mnist-init"] and cells[-2:] == controls
+    assert [c.name for c in controls] == ["ufogen_mnist-init", "ddgan_mnist-init", "lcm_mnist-init", "tscd_mnist-init"]
+    assert cells[-4:] == controls
     assert {"fastgen.evaluate", "experiment=ufogen_mnist", "label=ufogen@init", "real_data=false",
             "eval.leaderboard=benchmarks/leaderboards/mnist.csv"} <= set(controls[0].command)
     assert controls[0].replaces({"method": "ufogen@init"}) and not controls[0].replaces({"method": "ufogen"})
