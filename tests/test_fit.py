@@ -28,6 +28,9 @@ def test_teacher_trains_checkpoints_and_resumes(experiment_cfg, tmp_path):
     assert not any(k.startswith(("backbone.text_encoder.", "backbone.vae.")) for k in keys)
     assert ckpt["fastgen_config"]["method"]["_target_"] == "fastgen.methods.diffusion.Diffusion"
     assert method.images_seen.item() == 8  # 2 steps x batch 4
+    # the checkpoint after the last step holds that step's EMA (updated inside the step, before the callbacks)
+    final = method.state_dict()
+    assert all(torch.equal(v, final[k]) for k, v in ckpt["state_dict"].items() if k.startswith("ema_unet."))
     # the exported teacher is a diffusers-layout backbone that loads again
     assert (tmp_path / "runs/test_teacher_mnist/teacher/unet/config.json").is_file()
 

@@ -70,7 +70,10 @@ class Diffusion(FewStepMethod):
         self.log_losses({"diffusion": loss}, x0.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, *args, **kwargs):
+        """The optimizer step, then the EMA: inside the training step, so the checkpoint and evaluation callbacks at
+        the batch's end see the EMA of this very step."""
+        super().optimizer_step(*args, **kwargs)
         self.update_ema(self.ema_unet, self.backbone.unet, self.hparams.ema_decay)
 
     def configure_optimizers(self):

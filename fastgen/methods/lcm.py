@@ -160,7 +160,9 @@ class LCM(ConsistencyDistillation):
         self.log_losses({"consistency": loss}, x0.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, *args, **kwargs):
+        """The optimizer step, then the target's EMA (before the checkpoint and evaluation callbacks run)."""
+        super().optimizer_step(*args, **kwargs)
         self.update_target()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
