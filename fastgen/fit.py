@@ -35,7 +35,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
-def build_trainer(cfg: DictConfig, callbacks, method: L.LightningModule) -> L.Trainer:
+def build_trainer(cfg: DictConfig, callbacks, method: L.LightningModule, resume: bool = False) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg.pop("max_kimg", None)
     if trainer_cfg.get("strategy") == "fsdp":
@@ -49,7 +49,8 @@ def build_trainer(cfg: DictConfig, callbacks, method: L.LightningModule) -> L.Tr
             from fastgen.eval.wandb_log import check_wandb_ready
 
             check_wandb_ready(offline=cfg.logger.get("offline", False))  # before any run is created
-        logger = instantiate(cfg.logger)
+        append = {"append": resume} if cfg.logger._target_.endswith("ResumableCSVLogger") else {}
+        logger = instantiate(cfg.logger, **append)
     return instantiate(trainer_cfg, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
 
 
@@ -60,11 +61,12 @@ def run(cfg: DictConfig) -> L.LightningModule:
     method = instantiate(cfg.method, backbone=backbone, _convert_="all")
     method.run_config = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, _convert_="all")
-    trainer = build_trainer(cfg, build_callbacks(cfg), method)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    trainer = build_trainer(cfg, build_callbacks(cfg), method, resume=ckpt_path is not None)
     if datamodule.batch_size % trainer.world_size:
         raise ValueError(f"data.batch_size={datamodule.batch_size} (global) is not divisible by {trainer.world_size} devices")
     datamodule.batch_size //= trainer.world_size
-    trainer.fit(method, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, output_dir))
+    trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
     return method
 
 

@@ -1,5 +1,5 @@
-"""Trainer pieces fastgen adds to Lightning: atomic checkpoint writes, a stop at a number of kimg, and FSDP as
-fully sharded data parallelism (FSDP2)."""
+"""Trainer pieces fastgen adds to Lightning: atomic checkpoint writes, a stop at a number of kimg, FSDP as
+fully sharded data parallelism (FSDP2), and a CSV log that a resumed run continues."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
@@ -49,6 +52,28 @@ class FSDP2Strategy(ModelParallelStrategy):
             return super().load_checkpoint(checkpoint_path, weights_only)
         finally:
             module.strict_loading = strict
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:  # Lightning deletes an existing metrics.csv here
+        pass
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, except that with `append=True` (set by `fastgen.fit` when it resumes a run) the
+    run's metrics.csv is continued, not deleted and started over."""
+
+    def __init__(self, *args, append: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.append = append
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None and self.append:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return super().experiment
 
 
 class StopAtKimg(L.Callback):

@@ -1,5 +1,6 @@
 """The entry point: every experiment composes; the teacher trains, checkpoints (no frozen parts) and resumes."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,9 @@ def test_teacher_trains_checkpoints_and_resumes(experiment_cfg, tmp_path):
     resumed = run(experiment_cfg("teacher_mnist", "model=mnist_pixel_random", "ckpt_path=last", "trainer.max_steps=3"))
     assert resumed.images_seen.item() == 12  # continued from 8, one more step
     assert resumed.trainer.global_step == 3
+    # the resumed run continued the run's CSV log (Lightning's CSVLogger would have started it over)
+    with open(tmp_path / "runs/test_teacher_mnist/logs/metrics.csv") as f:
+        assert [row["step"] for row in csv.DictReader(f) if row.get("train/diffusion")] == ["0", "1", "2"]
 
 
 def _fit(*args, timeout=120):
