@@ -3,6 +3,7 @@ fully sharded data parallelism (FSDP2), and a CSV log that a resumed run continu
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -55,6 +56,14 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 
 class _AppendingWriter(ExperimentWriter):
+    """Continues an existing metrics.csv: its columns are the starting header (new ones are added to it)."""
+
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
     def _check_log_dir_exists(self) -> None:  # Lightning deletes an existing metrics.csv here
         pass
 
