@@ -59,8 +59,8 @@ def whole_network(network: nn.Module) -> nn.Module | None:
     full = get_model_state_dict(network, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
-    copy = type(network).from_config(network.config)
+    plain = type(network).from_config(network.config)
     if getattr(network, "peft_config", None):
-        copy.add_adapter(network.peft_config["default"])
-    copy.load_state_dict(full)
-    return copy
+        plain.add_adapter(network.peft_config["default"])
+    plain.load_state_dict(full)
+    return plain
