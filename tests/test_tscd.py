@@ -134,7 +134,8 @@ def test_stage_switching_checkpoint_and_resume(experiment_cfg, tmp_path):
     assert any(k.startswith("target_unet.") for k in ckpt["state_dict"])
 
     resumed = run(experiment_cfg("tscd_tiny", *common, "ckpt_path=last", "trainer.max_steps=4"))
-    assert resumed.segments_now.item() == 1 and resumed.stage.item() == 3 and logged_segments() == [2, 1]
+    # the resumed run continues the run's log: the stages before the resume, then the last two
+    assert resumed.segments_now.item() == 1 and resumed.stage.item() == 3 and logged_segments() == [8, 4, 2, 1]
 
 
 def test_adversarial_and_reward_terms(tiny):
