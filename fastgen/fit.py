@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fastgen.config import CONFIG_PATH, register_resolvers, user_errors
-from fastgen.training import AtomicCheckpointIO, FSDP2Strategy, StopAtKimg, resolve_ckpt_path
+from fastgen.training import AtomicCheckpointIO, FSDP2Strategy, ResumableCSVLogger, StopAtKimg, resolve_ckpt_path
 
 register_resolvers()
 # Two Lightning warnings that describe intended behaviour: frozen teachers and EMA copies stay in eval mode, and
@@ -49,8 +49,9 @@ def build_trainer(cfg: DictConfig, callbacks, method: L.LightningModule, resume:
             from fastgen.eval.wandb_log import check_wandb_ready
 
             check_wandb_ready(offline=cfg.logger.get("offline", False))  # before any run is created
-        append = {"append": resume} if cfg.logger._target_.endswith("ResumableCSVLogger") else {}
-        logger = instantiate(cfg.logger, **append)
+        logger = instantiate(cfg.logger)
+        if isinstance(logger, ResumableCSVLogger):  # a resumed run continues its metrics.csv
+            logger.append = resume
     return instantiate(trainer_cfg, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
 
 
