@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from two_phase import optimizer_steps_per_training_step
 
 TESTS = Path(__file__).parent
 FAST = {"ufogen_mnist", "lcm_mnist"}  # manual (GAN) and automatic optimisation; the rest: -m slow
@@ -28,10 +29,10 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, name):
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["digests"] == ranks[1]["digests"]
     # kimg counts the global batch (4 images per training step, 2 on each rank)
-    optimizer_steps_per_training_step = 2 if name.split("_")[0] in {"ufogen", "ddgan", "siddm"} else 1
-    training_steps = ranks[0]["global_step"] // optimizer_steps_per_training_step
+    per_step = optimizer_steps_per_training_step(name)
+    training_steps = ranks[0]["global_step"] // per_step
     assert ranks[0]["kimg"] == ranks[1]["kimg"] == pytest.approx(training_steps * 4 / 1000)
-    if optimizer_steps_per_training_step == 2:
+    if per_step == 2:
         assert any(k.startswith("discriminator.") for k in ranks[0]["digests"])
     if name != "lcm_lora_mnist":  # LCM-LoRA's target is the online student (no EMA copy)
         assert any("ema" in k or "target" in k for k in ranks[0]["digests"])

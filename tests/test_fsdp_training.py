@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from two_phase import optimizer_steps_per_training_step
 
 FAST = {"ufogen_mnist", "lcm_lora_mnist"}  # the two-phase GAN step; LoRA on a frozen base (and its export)
 EXPERIMENTS = {"ufogen_mnist": 1, "lcm_lora_mnist": 1, "ddgan_mnist": 4, "siddm_mnist": 4, "lcm_mnist": 1,
@@ -62,8 +63,7 @@ def test_fsdp_trains_evaluates_and_resumes_as_ddp(tmp_path, name):
     # the single-file checkpoint resumes under FSDP: two more steps, images counted on from where it stopped
     resumed = _fit(tmp_path, name, "fsdp", steps, "ckpt_path=last", "trainer.max_steps=6", "eval.enabled=false")
     assert resumed["global_step"] == 6
-    per_step = 2 if name.split("_")[0] in {"ufogen", "ddgan", "siddm"} else 1  # optimizer steps per training step
-    assert resumed["state_dict"]["images_seen"] == 6 // per_step * 4
+    assert resumed["state_dict"]["images_seen"] == 6 // optimizer_steps_per_training_step(name) * 4
     if name == "lcm_lora_mnist":  # the export at the end gathers the sharded LoRA: exactly the checkpoint's
         from safetensors.torch import load_file
 
