@@ -69,12 +69,10 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """Lightning's CSVLogger, except that with `append=True` (set by `fastgen.fit` when it resumes a run) the
+    """Lightning's CSVLogger, except that with `append` set (`fastgen.fit` sets it when it resumes a run) the
     run's metrics.csv is continued, not deleted and started over."""
 
-    def __init__(self, *args, append: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.append = append
+    append = False
 
     @property
     @rank_zero_experiment
