@@ -165,3 +165,14 @@ def test_forward_kernels_compose_monte_carlo():
     assert abs(x_s.mean().item() - 0.8 * ACP[s].sqrt().item()) < 0.01
     assert abs(x_s.var().item() - (1 - ACP[s]).item()) < 0.01
     torch.testing.assert_close(q_step(x0, -1, t, x_t * 0, ACP), x0 * ACP[t].sqrt())
+
+
+def test_v_prediction_at_zero_terminal_snr_is_finite():
+    """At ᾱ_T = 0 a v-prediction gives x̂0 = −v̂ and ε̂ = x_T exactly (no division by α_T)."""
+    from fastgen.core import make_alphas_cumprod, prediction_to_x0_eps
+
+    acp = make_alphas_cumprod("scaled_linear", rescale_betas_zero_snr=True)
+    v, x_t = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    x0, eps = prediction_to_x0_eps(v, x_t, 999, acp, "v_prediction")
+    torch.testing.assert_close(x0, -v)
+    torch.testing.assert_close(eps, x_t)

@@ -84,3 +84,16 @@ def test_lcm_solver_grid():
     assert grid.tolist() == list(range(19, 1000, 20))
     assert lcm_solver_grid(1000, 4).tolist() == [249, 499, 749, 999]
     assert lcm_solver_grid(1000, 50).diff().eq(20).all()
+
+
+def test_zero_terminal_snr_matches_diffusers():
+    """Lin et al. 2024, Alg. 1: ᾱ_T = 0, ᾱ_0 kept; equal to diffusers' rescale_betas_zero_snr schedule."""
+    from fastgen.core import rescale_zero_terminal_snr
+
+    acp = make_alphas_cumprod("scaled_linear", rescale_betas_zero_snr=True)
+    ref = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                        rescale_betas_zero_snr=True).alphas_cumprod.double()
+    torch.testing.assert_close(acp, ref, atol=1e-6, rtol=1e-5)
+    assert acp[-1] == 0 and acp[0] == scaled_linear_alphas_cumprod()[0]
+    assert torch.all(acp[1:] < acp[:-1])  # still strictly decreasing
+    torch.testing.assert_close(rescale_zero_terminal_snr(acp), acp)  # idempotent

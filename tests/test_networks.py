@@ -84,3 +84,14 @@ def test_discriminator_starts_from_the_unet_encoder_and_sees_x_cond_only_when_jo
     assert torch.allclose(joint(x, t, cond, x_cond=torch.randn_like(x)), marginal(x, t, cond), atol=1e-5)
     with pytest.raises(ValueError, match="x_cond"):
         marginal(x, t, cond, x_cond=x)
+
+
+def test_zero_terminal_snr_backbone_refuses_epsilon_prediction():
+    from fastgen.networks.architectures import ARCHITECTURES
+    from fastgen.networks.backbone import Backbone
+
+    spec = ARCHITECTURES["mnist_pixel"]
+    schedule = {**spec["schedule"], "rescale_betas_zero_snr": True}
+    with pytest.raises(ValueError, match="v_prediction"):
+        Backbone(unet=torch.nn.Identity(), text_encoder=torch.nn.Identity(), tokenizer=type("T", (), {"model_max_length": 8})(),
+                 schedule=schedule, prediction_type="epsilon")

@@ -33,6 +33,7 @@ from fastgen.core.schedules import (
     lcm_timesteps,
     linear_alphas_cumprod,
     make_alphas_cumprod,
+    rescale_zero_terminal_snr,
     scaled_linear_alphas_cumprod,
     trailing_timesteps,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "q_step",
     "r1_penalty",
     "r1_penalty_finite_difference",
+    "rescale_zero_terminal_snr",
     "scaled_linear_alphas_cumprod",
     "trailing_timesteps",
     "v_to_eps",

@@ -40,11 +40,25 @@ _SCHEDULES = {
 }
 
 
-def make_alphas_cumprod(kind: str, T: int = 1000, **kw) -> torch.Tensor:
-    """Build ᾱ for a named schedule: one of "scaled_linear", "linear", "cosine"."""
+def rescale_zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Zero terminal SNR (Lin et al. 2024, arXiv 2305.08891, Algorithm 1): shift sqrt(ᾱ_t) so that its last value is
+    0 and scale it so that its first value is kept; returns the new ᾱ (ᾱ_T = 0 exactly, so x_T ~ N(0, I) holds).
+
+    Equals diffusers' `rescale_betas_zero_snr=True` schedules (there ᾱ_T is then clipped to 2^-24 inside
+    DPM-Solver for a finite log-SNR).
+    """
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    return ((root - last) * first / (first - last)) ** 2
+
+
+def make_alphas_cumprod(kind: str, T: int = 1000, rescale_betas_zero_snr: bool = False, **kw) -> torch.Tensor:
+    """Build ᾱ for a named schedule ("scaled_linear", "linear", "cosine"), optionally rescaled to zero terminal SNR
+    (the diffusers scheduler key `rescale_betas_zero_snr`)."""
     if kind not in _SCHEDULES:
         raise ValueError(f"unknown noise schedule {kind!r}; choose one of {sorted(_SCHEDULES)}")
-    return _SCHEDULES[kind](T, **kw)
+    acp = _SCHEDULES[kind](T, **kw)
+    return rescale_zero_terminal_snr(acp) if rescale_betas_zero_snr else acp
 
 
 def ddgan_vp_alphas_cumprod(

@@ -4,7 +4,10 @@ Each entry gives diffusers/transformers config dicts for the UNet, the CLIP text
 (optional) VAE, plus the noise schedule. `sd15` is Stable Diffusion v1.5's exact architecture
 (860M UNet, CLIP ViT-L/14 text encoder, 84M VAE); `tiny_latent` keeps its structure (latent UNet
 with cross-attention, KL-VAE) at toy size; `mnist_pixel` is a small pixel-space UNet for 32x32
-single-channel digits.
+single-channel digits (the first MNIST teacher: SD's schedule, eps-prediction); `mnist_pixel_ztsnr` is the
+pixel-space teacher recipe fixed for non-zero terminal SNR: SD's betas rescaled to zero terminal SNR with
+v-prediction (Lin et al. 2024, arXiv 2305.08891), 32/64/128 channels, two layers per block, 4+ channels per
+norm group.
 """
 
 SD15_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
@@ -64,6 +67,22 @@ ARCHITECTURES: dict[str, dict] = {
         "vae": None,
         "schedule": SD15_SCHEDULE,
         "prediction_type": "epsilon",
+        "max_prompt_length": 16,
+    },
+    "mnist_pixel_ztsnr": {
+        "unet": dict(
+            sample_size=32, in_channels=1, out_channels=1, layers_per_block=2, block_out_channels=(32, 64, 128),
+            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+        ),
+        "text_encoder": dict(
+            vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=16, projection_dim=32,
+        ),
+        "vae": None,
+        "schedule": {**SD15_SCHEDULE, "rescale_betas_zero_snr": True},
+        "prediction_type": "v_prediction",
         "max_prompt_length": 16,
     },
 }

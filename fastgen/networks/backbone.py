@@ -35,8 +35,11 @@ class Backbone(nn.Module):
         self.schedule = dict(schedule)
         acp = make_alphas_cumprod(
             schedule["beta_schedule"], T=schedule["num_train_timesteps"],
-            **{k: schedule[k] for k in ("beta_start", "beta_end") if k in schedule},
+            **{k: schedule[k] for k in ("beta_start", "beta_end", "rescale_betas_zero_snr") if k in schedule},
         )
+        if acp[-1] == 0 and prediction_type == "epsilon":  # x̂0 = (x_T − σ_T ε̂)/α_T is undefined at α_T = 0
+            raise ValueError("a zero-terminal-SNR schedule (rescale_betas_zero_snr) needs prediction_type "
+                             "v_prediction or sample, not epsilon (Lin et al. 2024, Sec. 3.2)")
         self.register_buffer("alphas_cumprod", acp.float(), persistent=False)
         self.prediction_type = prediction_type
         self.vae_scaling_factor = vae_scaling_factor

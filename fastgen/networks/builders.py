@@ -35,7 +35,7 @@ def _default_cache_dir() -> str:
     return os.environ.get("FASTGEN_CACHE", str(Path.home() / ".cache" / "fastgen"))
 
 
-SCHEDULE_KEYS = ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps")
+SCHEDULE_KEYS = ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "rescale_betas_zero_snr")
 
 
 def _finish(backbone: Backbone, dtype: str, gradient_checkpointing: bool) -> Backbone:
