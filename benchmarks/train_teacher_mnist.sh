@@ -9,6 +9,6 @@ runs=${FASTGEN_TEACHER_RUNS:-$HOME/fastgen_runs}
 mkdir -p "$runs"
 log="$runs/teacher_mnist.log"
 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline nohup nice -n 19 \
-  python -m fastgen.fit experiment=teacher_mnist paths.runs_dir="$runs" ckpt_path=last trainer.enable_progress_bar=false \
+  python -m fastgen.fit experiment=teacher_mnist paths.runs_dir="$runs" ckpt_path=last callbacks.progress.refresh_rate=200 \
   >> "$log" 2>&1 &
 echo "teacher training: pid $!, log $log"
