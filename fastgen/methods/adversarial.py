@@ -44,10 +44,13 @@ def adversarial_phase(method: FewStepMethod, opt, compute_losses: Callable[[], d
     return losses
 
 
-def lazy_r1_weight(r1_gamma: float, r1_every: int, d_update: int) -> float:
-    """Weight of the R1 term at this D update: (γ/2)·r1_every every `r1_every` updates, else 0
-    (lazy regularisation, Karras et al. 2020, StyleGAN2 Sec. 3.1: the interval rescales the penalty)."""
-    return 0.5 * r1_gamma * r1_every if r1_gamma > 0 and d_update % r1_every == 0 else 0.0
+def lazy_r1_weight(r1_gamma: float, r1_every: int, d_update: int, scale_by_interval: bool = False) -> float:
+    """Weight of the R1 term at this D update: γ/2 every `r1_every` updates, else 0 (NVlabs/denoising-diffusion-gan
+    applies γ/2 unscaled on its lazy steps). `scale_by_interval` multiplies it by r1_every, StyleGAN2's lazy
+    regularisation (Karras et al. 2020, Sec. 3.1), which keeps the average strength of an every-step penalty."""
+    if r1_gamma <= 0 or d_update % r1_every:
+        return 0.0
+    return 0.5 * r1_gamma * (r1_every if scale_by_interval else 1)
 
 
 def discriminator_losses(
@@ -130,7 +133,6 @@ class LevelPair(NamedTuple):
     s: torch.Tensor  # [B] timestep of x_{t−1}: the previous level, −1 (clean) below the first
     x_prev: torch.Tensor  # real x_{t−1} ~ q(x_{t−1} | x0)
     x_t: torch.Tensor  # real x_t ~ q(x_t | x_{t−1}): one forward step from x_prev
-    step_noise: torch.Tensor  # the ε of that forward step
     fake_prev: torch.Tensor  # fake x'_{t−1} ~ q(x_{t−1} | x_t, x̂0), x̂0 = G(x_t, t, c, z)
 
 
@@ -152,6 +154,7 @@ class PosteriorChainGAN(FewStepMethod):
         z_init_scale: float = 0.1,
         r1_gamma: float = 0.02,
         r1_every: int = 15,
+        r1_lazy_scaling: bool = False,
         r1_sigma: float = 0.0,
         lr_g: float = 1.6e-4,
         lr_d: float = 1.25e-4,
@@ -221,12 +224,11 @@ class PosteriorChainGAN(FewStepMethod):
         acp = self.backbone.alphas_cumprod
         t, s = self.draw_levels(x0.shape[0])
         x_prev = q_sample(x0, s, torch.randn_like(x0), acp)
-        step_noise = torch.randn_like(x0)
-        x_t = q_step(x_prev, s, t, step_noise, acp)
+        x_t = q_step(x_prev, s, t, torch.randn_like(x0), acp)
         z = torch.randn(x0.shape[0], self.hparams.nz, device=x0.device)
         x0_hat = self.generate(self.backbone.unet, x_t, t, cond, z)
         fake_prev = q_posterior_sample(x0_hat, x_t, t, s, torch.randn_like(x0_hat), acp)
-        return LevelPair(t, s, x_prev, x_t, step_noise, fake_prev)
+        return LevelPair(t, s, x_prev, x_t, fake_prev)
 
     @staticmethod
     def d_time(pair: LevelPair) -> torch.Tensor:
@@ -240,7 +242,7 @@ class PosteriorChainGAN(FewStepMethod):
         # 1. data in model space and its text conditioning
         x0, cond = bb.batch_to_x0(batch), bb.batch_to_cond(batch)
         # 2. discriminator phase (G frozen): real pair vs posterior fake; lazy R1 on the real x_{t−1}
-        r1_weight = lazy_r1_weight(hp.r1_gamma, hp.r1_every, int(self.train_steps))
+        r1_weight = lazy_r1_weight(hp.r1_gamma, hp.r1_every, int(self.train_steps), hp.r1_lazy_scaling)
         losses = adversarial_phase(self, d_opt, lambda: self.d_losses(x0, cond, r1_weight), hp.max_grad_norm)
         # 3. generator phase (D frozen) on a fresh level and pair; then the EMA of G
         losses |= adversarial_phase(self, g_opt, lambda: self.g_losses(x0, cond), hp.max_grad_norm)

@@ -33,8 +33,8 @@ Deviations / open choices (config fields; defaults from METHODS.md and NVlabs/de
 - G and D start from the backbone UNet (the teacher when the model config loads one); D is its encoder
   half with a logit head (`UNetEncoderDiscriminator`), text-conditioned; the x_t input channels start at zero.
   D's time input is the noise level of x_{t−1} (0 at the clean end), as in the official code.
-- R1 uses StyleGAN2's lazy scaling (γ/2·r1_every every r1_every D steps; official code: γ/2, unscaled);
-  γ = 0.02, every 15 as for CIFAR-10; with R1 on, D runs without gradient checkpointing (its double backward
+- R1 at the official strength: γ/2 on every r1_every-th D step, unscaled (`r1_lazy_scaling: true` gives
+  StyleGAN2's γ/2·r1_every); γ = 0.02, every 15 as for CIFAR-10; with R1 on, D runs without gradient checkpointing (its double backward
   and checkpoint recomputation do not mix). `r1_sigma` > 0 replaces the double backward by a finite-difference
   estimate (`fastgen.core.r1_penalty_finite_difference`): at 512 px the exact R1's math attention over 4096
   latent tokens ran out of an H200's 139 GiB at batch 8 (benchmarks/RESULTS.md). No cosine LR decay.

@@ -7,7 +7,7 @@ level t with the level s below it (s = −1, clean, below the first level):
     real   x_{t−1} ~ q(x_{t−1} | x0),  x_t = q_step(x_{t−1}, ε)           (one forward step with noise ε)
     fake   x̂0 = G(x_t, t, c, z), z ~ N(0, I);  x'_{t−1} ~ q(x_{t−1} | x_t, x̂0)          (the posterior, as DDGAN)
     D sees x_{t−1} ONLY: D(x_{t−1}, s, c) — marginal, no x_t.
-    AFD    x'_t = q_step(x'_{t−1}, ε): the fake re-noised one forward step
+    AFD    x'_t = q_step(x'_{t−1}, ε'): the fake re-noised one forward step with FRESH noise ε' (paper eq. 11)
 
     L_D = softplus(−D(x_{t−1})) + softplus(D(x'_{t−1})) + (γ/2)‖∇_{x_{t−1}} D(x_{t−1})‖²
     L_G = softplus(−D(x'_{t−1})) + λ_AFD·‖x'_t − x_t‖²                 (λ_AFD = 1.0, the paper's best)
@@ -22,9 +22,9 @@ Losses logged (`train/<key>`): d_real, d_fake (D phase), d_r1 (lazy-R1 D steps o
 Sampling: as DDGAN — the posterior chain over exactly the T trained levels, x̂0 at the last one.
 
 Deviations / open choices (config fields; defaults as in fastgen/methods/ddgan.py, plus):
-- x'_t re-noises the fake with the real pair's forward-step noise ε (the author's toy code draws fresh
-  noise). Fresh noise adds ‖√(1−ᾱ_{t|s})(ε' − ε)‖², independent of θ: same expected gradient, more variance;
-  shared noise makes AFD exactly 0 when the fake is the real x_{t−1}. ‖·‖² is the mean over elements.
+- ‖·‖² is the mean over elements. ε' is independent of the real pair's step noise ε, as in the author's toy
+  code: with ε' = ε the term would collapse to ᾱ_{t|s}‖x'_{t−1} − x_{t−1}‖², an x0 regression in disguise
+  (x_t carries ε, and x'_{t−1} depends on x_t, so the two forms differ in expected gradient).
 - The paper's UNet discriminator with an auxiliary denoising head is not used: D is the same
   `UNetEncoderDiscriminator` as UFOGen's (marginal) and DDGAN's (joint); R1 γ = 0.02 every 15, as DDGAN.
 - Levels on the trailing grid of the backbone's schedule; z through `time_cond_proj_dim` (see ddgan.py).
@@ -66,7 +66,9 @@ class SIDDM(PosteriorChainGAN):
         g_adv = g_loss_softplus(self.discriminator(pair.fake_prev, self.d_time(pair), cond))
         return {"g_adv": g_adv, "g_afd": self.hparams.lambda_afd * self.afd(pair)}
 
-    def afd(self, pair) -> torch.Tensor:
-        """‖x'_t − x_t‖² (mean over elements) with x'_t = q_step(x'_{t−1}, s, t, ε), ε the real pair's step noise."""
-        fake_t = q_step(pair.fake_prev, pair.s, pair.t, pair.step_noise, self.backbone.alphas_cumprod)
+    def afd(self, pair, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """‖x'_t − x_t‖² (mean over elements), x'_t = q_step(x'_{t−1}, s, t, ε') with fresh noise ε' (`noise`, else
+        drawn here): the fake's forward step must land where the real one does, in distribution."""
+        noise = torch.randn_like(pair.fake_prev) if noise is None else noise
+        fake_t = q_step(pair.fake_prev, pair.s, pair.t, noise, self.backbone.alphas_cumprod)
         return F.mse_loss(fake_t, pair.x_t.float())

@@ -24,7 +24,7 @@ cross-attention (paper Sec. 4.2: both G and D start from the diffusion model).
 
 Losses logged (each is a term of the summed objective of its phase, logged as `train/<key>`):
     d_real  adversarial term on real x_s            d_fake  adversarial term on fake x'_s (G detached)
-    d_r1    (γ_R1/2)·r1_every·‖∇_{x_s} D(x_s)‖², lazily every `r1_every` D steps, when r1_gamma > 0
+    d_r1    (γ_R1/2)·‖∇_{x_s} D(x_s)‖², lazily every `r1_every` D steps, when r1_gamma > 0
     g_adv   generator adversarial term on x'_s      g_rec   λ_rec · γ_t · ‖x0 − x̂0‖² (mean over elements)
 GAN form (`gan_loss`): "softplus" (non-saturating, default) or "clamped_bce" — the author's BCE-with-logits
 with logits clamped at a 0.5 margin (fastgen.core.gan_losses).
@@ -45,7 +45,8 @@ Deviations / open choices (config fields, defaults from METHODS.md and xuyanwu/S
   t puts 0.1% of the updates at t = 999, the only time one-step sampling uses.
 - Real and fake x_s use independent noises, and s = max(t − Δ, 0) is clamped at the first noise level
   (index 0, ᾱ_0 ≈ 0.999), as in the author's code.
-- R1 (`r1_gamma`, lazy every `r1_every` D steps, StyleGAN2 scaling) is not in the paper; off by default.
+- R1 (`r1_gamma`, lazy every `r1_every` D steps at γ/2; `r1_lazy_scaling` multiplies by the interval as
+  StyleGAN2 does) is not in the paper; off by default.
   `r1_sigma` > 0 estimates it by finite differences instead of a double backward (as DDGAN's docstring says).
 - Gradient-norm clipping at `max_grad_norm` (author: 1.0 on both networks); null disables it.
 - EMA of the generator only (`ema_decay`, author 0.99), used by `sample`; D has no EMA.
@@ -106,6 +107,7 @@ class UFOGen(FewStepMethod):
         gan_loss: str = "softplus",
         r1_gamma: float = 0.0,
         r1_every: int = 16,
+        r1_lazy_scaling: bool = False,
         r1_sigma: float = 0.0,
         d_every: int = 1,
         lr_g: float = 1e-4,
@@ -204,7 +206,8 @@ class UFOGen(FewStepMethod):
     def d_step(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
         """One discriminator update (G frozen), with lazy R1 on the real x_s when `r1_gamma` > 0."""
         hp = self.hparams
-        r1_weight = lazy_r1_weight(hp.r1_gamma, hp.r1_every, int(self.train_steps) // hp.d_every)
+        r1_weight = lazy_r1_weight(hp.r1_gamma, hp.r1_every, int(self.train_steps) // hp.d_every,
+                                   hp.r1_lazy_scaling)
         d_opt = self.optimizers()[1]
         return adversarial_phase(self, d_opt, lambda: self.d_losses(x0, cond, r1_weight), hp.max_grad_norm)
 
