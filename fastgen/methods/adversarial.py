@@ -107,13 +107,12 @@ def prepare_discriminator_for_r1(discriminator: nn.Module, r1_gamma: float, r1_s
 
 # -- the latent-z generator ---------------------------------------------------------------------------------
 def add_latent_input(unet: nn.Module, nz: int, init_scale: float) -> nn.Module:
-    """A copy of diffusers `unet` that takes a latent z [B, nz] as `timestep_cond`: `time_cond_proj_dim=nz`
+    """A copy of diffusers-style `unet` (a UNet, or any network with its `time_cond_proj_dim` config key, e.g. the
+    points MLP) that takes a latent z [B, nz] as `timestep_cond`: `time_cond_proj_dim=nz`
     adds `time_embedding.cond_proj(z)` (a bias-free linear map) to the sinusoidal time features before the
     time MLP. All other weights are `unet`'s; cond_proj starts at N(0, init_scale²/nz), so cond_proj(z) has
     standard deviation `init_scale` per feature (the sinusoidal features have RMS 0.71)."""
-    from diffusers import UNet2DConditionModel
-
-    gen = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=nz)
+    gen = type(unet).from_config(unet.config, time_cond_proj_dim=nz)
     result = gen.load_state_dict(unet.state_dict(), strict=False)
     if result.unexpected_keys or set(result.missing_keys) != {"time_embedding.cond_proj.weight"}:
         raise RuntimeError(f"loading the backbone UNet into the latent-z generator: missing {result.missing_keys}, "
@@ -140,7 +139,7 @@ class PosteriorChainGAN(FewStepMethod):
     """Denoising diffusion GAN over `num_steps` levels of the backbone's schedule (the trailing grid, e.g.
     T = 4: 249, 499, 749, 999, with −1 = clean below the first). G(x_t, t, c, z) → x̂0 is the backbone UNet
     with a latent input (`add_latent_input`), initialised from the backbone's weights (the pretrained teacher
-    when the model config loads one, random otherwise); D is a `UNetEncoderDiscriminator` of the same UNet."""
+    when the model config loads one, random otherwise); D is `build_discriminator`'s, from the same network."""
 
     supported_steps: tuple[int, ...] = ()
     guidance_scale = 0.0

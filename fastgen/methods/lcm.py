@@ -56,11 +56,10 @@ LOSSES = ("huber", "l2")
 
 
 def add_guidance_embedding(unet, dim: int):
-    """A copy of `unet` with `time_cond_proj_dim=dim` (LCM's ω input), teacher weights loaded, the new
-    projection zero-initialised so its output equals the teacher's for every ω."""
-    from diffusers import UNet2DConditionModel
-
-    student = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=dim)
+    """A copy of `unet` (a diffusers UNet or another network with its `time_cond_proj_dim` config key) with
+    `time_cond_proj_dim=dim` (LCM's ω input), teacher weights loaded, the new projection zero-initialised so its
+    output equals the teacher's for every ω."""
+    student = type(unet).from_config(unet.config, time_cond_proj_dim=dim)
     result = student.load_state_dict(unet.state_dict(), strict=False)
     if result.unexpected_keys or set(result.missing_keys) != {"time_embedding.cond_proj.weight"}:
         raise RuntimeError(f"loading the teacher into the ω-conditioned student: missing {result.missing_keys}, "

@@ -26,7 +26,7 @@ and a point on a boundary belongs to the segment below it (the sampler's next st
 
 Optional terms (off by default):
 - `adv_weights` (one weight per stage, e.g. rising as k falls): a non-saturating GAN term on Φ_θ(x_{t_n} → t_e)
-  against real q(x_{t_e} | x0), judged by `UNetEncoderDiscriminator` (the teacher UNet's encoder, conditioned on
+  against real q(x_{t_e} | x0), judged by `build_discriminator`'s D (for a UNet the teacher UNet's encoder, conditioned on
   t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and `d_real`, `d_fake`).
 - `reward_fn` (a callable pixels in [-1, 1], prompts -> differentiable scores [B], e.g. `AestheticReward`, the
   LAION aesthetic predictor of fastgen/eval/aesthetic.py) with `reward_weight`: the hinge
@@ -142,9 +142,9 @@ class TSCD(ConsistencyDistillation):
             raise ValueError("method.reward_weight > 0 needs method.reward_fn (e.g. fastgen.methods.tscd.AestheticReward)")
         self.adv_weights = list(adv_weights) if adv_weights else None
         if self.adv_weights:
-            from fastgen.networks.discriminators import UNetEncoderDiscriminator
+            from fastgen.networks.discriminators import build_discriminator
 
-            self.discriminator = UNetEncoderDiscriminator(backbone.unet)  # the teacher's encoder, fp32, trainable
+            self.discriminator = build_discriminator(backbone.unet)  # the teacher's encoder, fp32, trainable
         self.reward_fn = reward_fn
         self.init_networks(teacher_dtype, lora_rank, lora_alpha, target_ema_decay)
         self.teacher_guidance_scale = teacher_guidance_scale

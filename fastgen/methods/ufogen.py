@@ -18,9 +18,10 @@ s is removed, and the reconstruction term moves to x0 itself. So x̂0 = G(x_T, T
 one step, and k steps by predicting x̂0, re-noising it to the next grid time with *fresh* noise (again the
 marginal, not the posterior), and predicting again.
 
-Discriminator D(x_s, s, c): `UNetEncoderDiscriminator`, the encoder half (conv_in, time embedding, down
-blocks, mid block) of the same pretrained UNet plus a small logit head, text-conditioned through the UNet's
-cross-attention (paper Sec. 4.2: both G and D start from the diffusion model).
+Discriminator D(x_s, s, c): the backbone network's discriminator (`build_discriminator`; for a UNet,
+`UNetEncoderDiscriminator`, the encoder half — conv_in, time embedding, down blocks, mid block — of the same
+pretrained UNet plus a small logit head, text-conditioned through the UNet's cross-attention), so both G and D
+start from the diffusion model (paper Sec. 4.2).
 
 Losses logged (each is a term of the summed objective of its phase, logged as `train/<key>`):
     d_real  adversarial term on real x_s            d_fake  adversarial term on fake x'_s (G detached)
@@ -76,7 +77,7 @@ from fastgen.methods.adversarial import (
     adversarial_phase, check_r1_options, discriminator_losses, lazy_r1_weight, prepare_discriminator_for_r1,
 )
 from fastgen.methods.base import FewStepMethod
-from fastgen.networks.discriminators import UNetEncoderDiscriminator
+from fastgen.networks.discriminators import build_discriminator
 
 GAN_LOSSES = {"softplus": (d_loss_softplus, g_loss_softplus), "clamped_bce": (d_loss_clamped_bce, g_loss_clamped_bce)}
 REC_WEIGHTINGS = ("uniform", "snr")
@@ -128,7 +129,7 @@ class UFOGen(FewStepMethod):
         self.teacher_guidance_scale = teacher_guidance_scale
         unet = backbone.unet
         # D and the teacher copy start from the pretrained UNet, before any LoRA adapter is injected
-        self.discriminator = UNetEncoderDiscriminator(unet)
+        self.discriminator = build_discriminator(unet)
         prepare_discriminator_for_r1(self.discriminator, r1_gamma, r1_sigma)
         if eval_teacher:
             self.teacher_unet = copy.deepcopy(unet).requires_grad_(False).eval()

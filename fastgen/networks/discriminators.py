@@ -1,10 +1,17 @@
 """Discriminators of the adversarial methods, with one call signature: `D(x, t, cond, x_cond=None) -> logits [B]`.
 
+`build_discriminator(unet, cond_channels)` is how a method gets one: the discriminator that belongs to its
+generator network's type, so no method names a network class.
+
 `UNetEncoderDiscriminator` is the UFOGen/SIDDM design: the encoder half of a (pretrained) diffusion
 UNet — conv_in, time embedding, down blocks and mid block, text-conditioned through their
 cross-attention — plus a small head (GroupNorm, SiLU, 1x1 conv to one channel, spatial mean).
 `x_cond` (DDGAN's joint discriminator sees x_t next to x_{t-1}) is concatenated on channels; its
 input weights start at zero, so the pretrained encoder's features are unchanged at initialisation.
+
+`MLPDiscriminator` is the same design for the points MLP (fastgen/networks/mlp.py): a copy of its trunk — time
+and text embedding, input projection, residual blocks — plus a head (LayerNorm, SiLU, linear to one logit);
+`x_cond` is concatenated on features, with zero-initialised input weights.
 """
 
 from __future__ import annotations
@@ -15,19 +22,31 @@ import torch
 from torch import nn
 
 
+def _widened(layer: nn.Module, extra: int, make) -> nn.Module:
+    """A copy of input layer `layer` taking `extra` more input channels whose weights start at zero."""
+    if not extra:
+        return layer
+    widened = make(layer)
+    with torch.no_grad():
+        widened.weight.zero_()
+        widened.weight[:, : layer.weight.shape[1]] = layer.weight
+        widened.bias.copy_(layer.bias)
+    return widened
+
+
+def _check_x_cond(cond_channels: int, x_cond) -> None:
+    if (x_cond is None) != (cond_channels == 0):
+        raise ValueError(f"this discriminator takes x_cond with {cond_channels} channels; got {x_cond is not None}")
+
+
 class UNetEncoderDiscriminator(nn.Module):
     def __init__(self, unet: nn.Module, cond_channels: int = 0):
         super().__init__()
         unet = copy.deepcopy(unet)
         conv = unet.conv_in
-        if cond_channels:
-            widened = nn.Conv2d(conv.in_channels + cond_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
-            with torch.no_grad():
-                widened.weight.zero_()
-                widened.weight[:, : conv.in_channels] = conv.weight
-                widened.bias.copy_(conv.bias)
-            conv = widened
-        self.conv_in, self.cond_channels = conv, cond_channels
+        self.conv_in = _widened(conv, cond_channels, lambda c: nn.Conv2d(
+            c.in_channels + cond_channels, c.out_channels, c.kernel_size, padding=c.padding))
+        self.cond_channels = cond_channels
         self.time_proj, self.time_embedding = unet.time_proj, unet.time_embedding
         self.down_blocks, self.mid_block = unet.down_blocks, unet.mid_block
         width = unet.config.block_out_channels[-1]
@@ -36,8 +55,7 @@ class UNetEncoderDiscriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, x_cond: torch.Tensor | None = None):
-        if (x_cond is None) != (self.cond_channels == 0):
-            raise ValueError(f"this discriminator takes x_cond with {self.cond_channels} channels; got {x_cond is not None}")
+        _check_x_cond(self.cond_channels, x_cond)
         dtype = self.conv_in.weight.dtype
         h = self.conv_in(torch.cat([x, x_cond], 1) if x_cond is not None else x).to(dtype)
         emb = self.time_embedding(self.time_proj(t.expand(x.shape[0])).to(dtype))
@@ -49,3 +67,31 @@ class UNetEncoderDiscriminator(nn.Module):
                 h, _ = block(h, temb=emb)
         h = self.mid_block(h, emb, encoder_hidden_states=cond)
         return self.head(h).float().mean(dim=(1, 2, 3))
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self, mlp: nn.Module, cond_channels: int = 0):
+        super().__init__()
+        trunk = copy.deepcopy(mlp)
+        del trunk.norm_out, trunk.proj_out  # the generator's output layers; D has its own head
+        trunk.proj_in = _widened(trunk.proj_in, cond_channels,
+                                 lambda p: nn.Linear(p.in_features + cond_channels, p.out_features))
+        self.body, self.cond_channels = trunk, cond_channels
+        width = mlp.config.hidden_dim
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, 1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, x_cond: torch.Tensor | None = None):
+        _check_x_cond(self.cond_channels, x_cond)
+        h = self.body.trunk(torch.cat([x, x_cond], 1) if x_cond is not None else x, t, cond)
+        return self.head(h).float().squeeze(-1)
+
+
+def build_discriminator(unet: nn.Module, cond_channels: int = 0) -> nn.Module:
+    """The discriminator of generator network `unet` (copied from it, so a pretrained network initialises D):
+    `MLPDiscriminator` for a points MLP, `UNetEncoderDiscriminator` for a diffusers UNet. `cond_channels` > 0 adds
+    a joint input `x_cond` of that many channels (DDGAN's x_t)."""
+    from fastgen.networks.mlp import PointsMLP
+
+    if isinstance(unet, PointsMLP):
+        return MLPDiscriminator(unet, cond_channels)
+    return UNetEncoderDiscriminator(unet, cond_channels)
