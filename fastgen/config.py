@@ -17,9 +17,36 @@ def mnist_teacher_path(cached: str) -> str:
     return cached if (Path(cached) / "unet" / "config.json").is_file() else str(ASSETS / "mnist_teacher")
 
 
+def points_teacher_path(runs_dir: str, path: str | None, shape: str) -> str:
+    """The points teacher for a data config: runs/teacher_<data name>/teacher when `teacher_points` trained one here
+    (always, for a user's file), else the one committed for the shipped shape."""
+    from fastgen.data.points import data_name
+
+    trained = Path(runs_dir) / f"teacher_{data_name(path, shape)}" / "teacher"
+    if path or (trained / "unet" / "config.json").is_file():
+        return str(trained)
+    return str(ASSETS / "points_teacher" / str(shape))
+
+
+def _points_name(path: str | None, shape: str) -> str:
+    from fastgen.data.points import data_name
+
+    return data_name(path, shape)
+
+
+def _points_dim(path: str | None, shape: str, dim: int | None) -> int:
+    from fastgen.data.points import data_dim
+
+    return data_dim(path, shape, dim)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mnist_teacher"):
         OmegaConf.register_new_resolver("mnist_teacher", mnist_teacher_path)
+    for name, resolver in (("points_teacher", points_teacher_path), ("points_name", _points_name),
+                           ("points_dim", _points_dim)):  # the points testbed's data-dependent config values
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 @contextlib.contextmanager
