@@ -18,7 +18,8 @@ from fastgen.atomic_write import write_text_atomic
 
 COLUMNS = (
     "run_id", "experiment", "method", "backbone", "dataset", "checkpoint", "steps", "nfe", "guidance",
-    "fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "ms_per_image", "images_per_s", "peak_mem_mb",
+    "fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "energy_distance", "knn_precision", "knn_recall",
+    "ms_per_image", "images_per_s", "peak_mem_mb",
     "num_samples", "extractor", "extractor_sha256", "reference", "reference_sha256", "prompts_sha256", "seed",
     "train_seed",
     "precision", "device", "git_commit", "timestamp",

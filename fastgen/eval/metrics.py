@@ -33,7 +33,14 @@ class MetricSuite:
 
     @classmethod
     def load(cls, settings, datamodule, device="cpu"):
-        """Load every enabled metric whose weights are available (reference statistics included)."""
+        """Load every enabled metric whose weights are available (reference statistics included). The suite is the
+        one `eval.metrics` names: `images` (this class) or `points` (fastgen.eval.points.PointsMetricSuite)."""
+        if settings.metrics == "points":
+            from fastgen.eval.points import PointsMetricSuite
+
+            return PointsMetricSuite.load(settings, datamodule, device)
+        if settings.metrics != "images":
+            raise ValueError(f"eval.metrics={settings.metrics!r} is not one of ['images', 'points']")
         suite = cls(settings)
         if settings.fid.enabled:
             suite.inception = _cached_inception(settings.fid.weights, str(device))

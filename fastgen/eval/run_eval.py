@@ -9,6 +9,8 @@ For each `steps` in `eval.steps` (skipping those the method does not support):
      `eval.seed + <first index of the batch>`;
   2. decode (`backbone.decode`) to uint8 pixels, as if saved as PNG; the wall time of 1-2 is the latency;
   3. score every available metric (metrics.py) and write a sample grid PNG (grids.py).
+With `eval.metrics: points` (the points testbed, fastgen/eval/points.py) samples stay float points, the suite is
+`PointsMetricSuite`, and the grid is a scatter plot: the three branches marked "points".
 Under DDP the sample indices are sharded across ranks, per-sample outputs are gathered in index order (so the
 numbers equal a single process's), and only rank 0 writes files.
 """
@@ -71,7 +73,8 @@ def generate(method, prompts, indices, steps, settings, meter):
     batches = list(indices.split(settings.batch_size))
     extra = max_over_ranks(len(batches)) - len(batches)
     calls = [torch.zeros(1, dtype=torch.long)] * extra + batches  # an extra call samples index 0, dropped below
-    images = [pixels_to_uint8(meter.time(lambda b=batch: sample_and_decode(b), len(batch))).cpu() for batch in calls]
+    stored = (lambda x: x.float()) if settings.metrics == "points" else pixels_to_uint8  # points: floats as sampled
+    images = [stored(meter.time(lambda b=batch: sample_and_decode(b), len(batch))).cpu() for batch in calls]
     if settings.latency.enabled and calls and not meter.measured:  # one batch was all warm-up: time it again
         meter.time(lambda: sample_and_decode(calls[-1]), len(calls[-1]))
     images = images[extra:]
@@ -145,10 +148,15 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
             row.update(score_sharded(suite, images, indices, prompts, settings.batch_size))
             if settings.latency.enabled:
                 row.update(meter.results())
-            if settings.grids:
+            name = f"{label}-{steps}step{'-' + grid_tag if grid_tag else ''}.png"
+            if settings.grids and settings.metrics == "points":  # points: one scatter plot of every sample
+                points = gather_in_index_order(indices, images)
+                if out_dir is not None and is_rank_zero():
+                    path = f"{out_dir}/samples/{name}"
+                    row["grid"] = str(suite.save_scatter(points, prompts, path, f"{label}, {steps} steps"))
+            elif settings.grids:
                 grid, per_row = gather_grid(images, indices, prompts, prompt_order_key(suite))
                 if out_dir is not None and is_rank_zero():
-                    name = f"{label}-{steps}step{'-' + grid_tag if grid_tag else ''}.png"
                     row["grid"] = str(save_grid(grid, f"{out_dir}/samples/{name}", per_row))
             rows.append(row)
     finally:
@@ -158,16 +166,9 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
     return rows
 
 
-def real_data_row(datamodule, cfg=None, *, experiment="", run_id="real_data", suite=None):
-    """The data floor: the first num_samples *training* images scored against the held-out reference.
-
-    FID/KID here are what a perfect generator would get at this sample count (not 0: FID is biased at small N).
-    `prompt_accuracy` is the digit classifier's accuracy on the first num_samples held-out images -- the
-    ceiling of that metric. CLIP and aesthetic scores need captions / are image-only: the aesthetic score of
-    the training images is reported, CLIP score is left empty.
-    """
-    settings = eval_settings(cfg)
-    suite = suite or MetricSuite.load(settings, datamodule)
+def _image_floor_metrics(datamodule, settings, suite):
+    """FID/KID and aesthetic score of the first num_samples training images; the digit classifier's accuracy on
+    the first num_samples held-out images."""
     images = datamodule.reference_images(split="train", n=settings.num_samples)
     indices = shard_indices(settings.num_samples)
     image_only = [name for name in suite.available if name in ("inception", "aesthetic")]
@@ -178,6 +179,24 @@ def real_data_row(datamodule, cfg=None, *, experiment="", run_id="real_data", su
         pixels, labels = datamodule.train_labelled("heldout")
         pixels, labels = pixels[:settings.num_samples], labels[:settings.num_samples]
         metrics["prompt_accuracy"] = float((predict(suite.digits.model, pixels) == labels).float().mean())
+    return metrics
+
+
+def real_data_row(datamodule, cfg=None, *, experiment="", run_id="real_data", suite=None):
+    """The data floor: the first num_samples *training* images scored against the held-out reference.
+
+    FID/KID here are what a perfect generator would get at this sample count (not 0: FID is biased at small N).
+    `prompt_accuracy` is the digit classifier's accuracy on the first num_samples held-out images -- the
+    ceiling of that metric. CLIP and aesthetic scores need captions / are image-only: the aesthetic score of
+    the training images is reported, CLIP score is left empty. With `eval.metrics: points` the floor is, per
+    prompt, as many training points as the evaluation samples, scored exactly as samples are (fastgen/eval/points.py).
+    """
+    settings = eval_settings(cfg)
+    suite = suite or MetricSuite.load(settings, datamodule)
+    if settings.metrics == "points":  # points: training points scored as samples of the evaluation's prompts
+        metrics = suite.real_data_metrics(eval_prompts(datamodule, settings))
+    else:
+        metrics = _image_floor_metrics(datamodule, settings, suite)
     row = base_row(settings, eval_prompts(datamodule, settings), suite, run_id=run_id, experiment=experiment,
                    method="real_data", backbone="", dataset=getattr(datamodule, "name", ""), checkpoint="",
                    steps=None, nfe=0, guidance=0.0, precision="", device="")
