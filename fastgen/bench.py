@@ -13,6 +13,10 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
    experiment=<experiment> label=<method>@init`): the teacher sampled the method's way, the row that shows
    what training adds.
 
+A suite with `variants` (name -> overrides, e.g. the points suite's two data shapes) runs every cell once per
+variant with its overrides, named `<cell>-<variant>`; `leaderboard`, `teacher_ready` and `readme` may then be
+mappings by variant (each variant its own leaderboard), and a variant's teacher runs as `<teacher>_<variant>`.
+
 Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the
 bench is started again; an interrupted training cell resumes from its last checkpoint (`ckpt_path=last`).
 A cell that runs again replaces its earlier leaderboard rows; to redo one, delete its entry in the state file
@@ -54,38 +58,53 @@ class Cell:
     command: list[str]
     kind: str          # teacher | baseline | method | control
     replaces: Callable[[dict], bool] | None = None  # leaderboard rows of an earlier run of this cell
+    leaderboard: str | None = None  # the CSV its rows go to (and `replaces` applies to); None: run_cells' own
+
+
+def per_variant(value, variant: str):
+    """A suite value given once, or per variant as a mapping {variant: value}."""
+    return value[variant] if isinstance(value, (dict, DictConfig)) else value
 
 
 def plan(cfg: DictConfig) -> list[Cell]:
-    """The suite's cells in execution order (the teacher first, when it has to be trained)."""
+    """The suite's cells in execution order: teachers that have to be trained, baselines, methods (by seed), controls."""
     suite, bench = cfg.suite, cfg.bench
     python = [sys.executable, "-m"]
-    overrides = list(bench.overrides)
-    cells = []
-    if suite.get("teacher") and (bench.retrain_teacher or not Path(suite.teacher_ready).is_file()):
-        cells.append(Cell(suite.teacher, [*python, "fastgen.fit", f"experiment={suite.teacher}", "ckpt_path=last",
-                                          *overrides], "teacher"))
-    if suite.get("baseline"):
-        cells.append(Cell(suite.baseline, [*python, "fastgen.evaluate", f"experiment={suite.baseline}",
-                                           f"eval.leaderboard={suite.leaderboard}"], "baseline",
-                          replaces=lambda row, baseline=suite.baseline: row["experiment"] == baseline))
-    # with a baseline cell, the method runs leave the baseline rows to it (no copies of them per method)
-    no_baseline = ["eval.baseline_steps=[]"] if suite.get("baseline") else []
-    for seed in bench.seeds:
-        for experiment in suite.methods:
-            name = f"{experiment}-seed{seed}"
-            run_name = f"bench_{suite.name}/{name}"
-            cells.append(Cell(name, [*python, "fastgen.fit", f"experiment={experiment}", f"seed={seed}",
-                                     f"run_name={run_name}", "ckpt_path=last",
-                                     f"eval.leaderboard={suite.leaderboard}", *no_baseline, *overrides], "method",
-                              replaces=lambda row, prefix=f"{run_name}-": row["run_id"].startswith(prefix)))
-    for experiment in suite.get("controls") or []:
-        label = experiment.removesuffix(f"_{suite.name}") + CONTROL
-        cells.append(Cell(f"{experiment}-init", [*python, "fastgen.evaluate", f"experiment={experiment}",
-                                                 f"label={label}", "real_data=false",
-                                                 f"eval.leaderboard={suite.leaderboard}", *overrides], "control",
-                          replaces=lambda row, label=label: row["method"] == label))
-    return cells
+    teachers, baselines, methods, controls = [], [], [], []
+    variants = suite.get("variants") or {"": []}
+    for variant, variant_overrides in variants.items():
+        tag = f"-{variant}" if variant else ""
+        overrides = [*variant_overrides, *bench.overrides]
+        board = per_variant(suite.leaderboard, variant)
+        teacher_ready = per_variant(suite.get("teacher_ready"), variant)
+        if suite.get("teacher") and (bench.retrain_teacher or not Path(teacher_ready).is_file()):
+            run_name = [f"run_name={suite.teacher}_{variant}"] if variant else []
+            teachers.append(Cell(f"{suite.teacher}{tag}", [*python, "fastgen.fit", f"experiment={suite.teacher}",
+                                                           "ckpt_path=last", *run_name, *overrides], "teacher"))
+        if suite.get("baseline"):
+            baselines.append(Cell(f"{suite.baseline}{tag}", [*python, "fastgen.evaluate", f"experiment={suite.baseline}",
+                                                             f"eval.leaderboard={board}", *variant_overrides], "baseline",
+                                  replaces=lambda row, baseline=suite.baseline: row["experiment"] == baseline,
+                                  leaderboard=board))
+        # with a baseline cell, the method runs leave the baseline rows to it (no copies of them per method)
+        no_baseline = ["eval.baseline_steps=[]"] if suite.get("baseline") else []
+        for seed in bench.seeds:
+            for experiment in suite.methods:
+                name = f"{experiment}{tag}-seed{seed}"
+                run_name = f"bench_{suite.name}/{name}"
+                methods.append((seed, Cell(name, [*python, "fastgen.fit", f"experiment={experiment}", f"seed={seed}",
+                                                  f"run_name={run_name}", "ckpt_path=last", f"eval.leaderboard={board}",
+                                                  *no_baseline, *overrides], "method",
+                                           replaces=lambda row, prefix=f"{run_name}-": row["run_id"].startswith(prefix),
+                                           leaderboard=board)))
+        for experiment in suite.get("controls") or []:
+            label = experiment.removesuffix(f"_{suite.name}") + CONTROL
+            controls.append(Cell(f"{experiment}{tag}-init", [*python, "fastgen.evaluate", f"experiment={experiment}",
+                                                             f"label={label}", "real_data=false",
+                                                             f"eval.leaderboard={board}", *overrides], "control",
+                                 replaces=lambda row, label=label: row["method"] == label, leaderboard=board))
+    methods = [cell for _, cell in sorted(methods, key=lambda pair: list(bench.seeds).index(pair[0]))]  # seed-major
+    return teachers + baselines + methods + controls
 
 
 class State:
@@ -139,8 +158,9 @@ def run_cells(cells: list[Cell], state: State, log_dir: Path, jobs: int = 1, thr
             teacher_running = any(c.kind == "teacher" for c, _ in running.values())
             while pending and len(running) < jobs and not teacher_running:  # the teacher (first) runs alone
                 cell = pending.pop(0)
-                if cell.replaces and leaderboard and (dropped := drop_rows(leaderboard, cell.replaces)):
-                    print(f"[bench] {cell.name} runs again: its {dropped} earlier rows leave {leaderboard}", flush=True)
+                board = cell.leaderboard or leaderboard
+                if cell.replaces and board and (dropped := drop_rows(board, cell.replaces)):
+                    print(f"[bench] {cell.name} runs again: its {dropped} earlier rows leave {board}", flush=True)
                 log = open(log_dir / f"{cell.name}.log", "ab")
                 proc = subprocess.Popen(cell.command, stdout=log, stderr=subprocess.STDOUT, env=env)
                 log.close()
@@ -186,21 +206,23 @@ def run_suite(cfg: DictConfig) -> int:
     bench_dir = Path(cfg.paths.runs_dir) / f"bench_{cfg.suite.name}"
     jobs = max(1, int(cfg.bench.jobs))
     threads = cfg.bench.threads or _default_threads(jobs)
+    variants = list(cfg.suite.get("variants") or [""])
+    boards = {variant: per_variant(cfg.suite.leaderboard, variant) for variant in variants}
     print(f"[bench] suite {cfg.suite.name}: {len(cells)} cells, {jobs} at a time, {threads} threads each; "
-          f"leaderboard {cfg.suite.leaderboard}", flush=True)
+          f"leaderboard {', '.join(dict.fromkeys(boards.values()))}", flush=True)
     if cfg.bench.dry_run:
         for cell in cells:
             print(f"  {cell.kind:8s} {cell.name}: {' '.join(cell.command[2:])}")
         return 0
     start = time.monotonic()
-    failed = run_cells(cells, State(bench_dir / "state.json"), bench_dir / "logs", jobs, threads,
-                       Path(cfg.suite.leaderboard))
+    failed = run_cells(cells, State(bench_dir / "state.json"), bench_dir / "logs", jobs, threads)
     print(f"[bench] suite {cfg.suite.name} took {_clock(time.monotonic() - start)} this time", flush=True)
-    if Path(cfg.suite.leaderboard).is_file():
-        from fastgen import leaderboard
+    for variant, board in boards.items():
+        if Path(board).is_file():
+            from fastgen import leaderboard
 
-        readme = ["--readme", cfg.suite.readme] if cfg.suite.get("readme") else []
-        leaderboard.main([cfg.suite.leaderboard, *readme])
+            readme = per_variant(cfg.suite.get("readme"), variant)
+            leaderboard.main([board, *(["--readme", readme] if readme else [])])
     if failed:
         print(f"[bench] {len(failed)} cells failed: {', '.join(c.name for c in failed)}", file=sys.stderr)
         return 1

@@ -84,3 +84,38 @@ def test_two_benches_on_one_suite_keep_each_others_finished_cells(tmp_path):
     first.finish(Cell("a", [], "method"), 1.0)
     second.finish(Cell("b", [], "method"), 2.0)
     assert sorted(State(tmp_path / "state.json").done) == ["a", "b"]
+
+
+def test_a_suite_with_variants_runs_every_cell_per_variant_into_its_own_leaderboard(tmp_path):
+    cfg = _bench_cfg(["suite=points", f"paths.runs_dir={tmp_path}", "bench.seeds=[0,1]",
+                      "bench.overrides=['trainer.accelerator=cpu']"])
+    cells = plan(cfg)
+    assert [c.kind for c in cells[:2]] == ["baseline", "baseline"]  # the committed teachers count as found
+    methods = [c for c in cells if c.kind == "method"]
+    assert len(methods) == 2 * 2 * len(cfg.suite.methods)
+    assert [c.name for c in methods[:7]] == [f"{m}-grid-seed0" for m in cfg.suite.methods] + ["ufogen_points-patterns-seed0"]
+    cell = next(c for c in methods if c.name == "ddgan_points-patterns-seed1")
+    assert {"experiment=ddgan_points", "seed=1", "data.shape=patterns", "trainer.accelerator=cpu",
+            "run_name=bench_points/ddgan_points-patterns-seed1",
+            "eval.leaderboard=benchmarks/leaderboards/points_patterns.csv"} <= set(cell.command)
+    assert cell.leaderboard == "benchmarks/leaderboards/points_patterns.csv"
+    baseline = next(c for c in cells if c.name == "dpm_solver_points-grid")
+    assert {"data.shape=grid", "eval.leaderboard=benchmarks/leaderboards/points_grid.csv"} <= set(baseline.command)
+    controls = [c.name for c in cells if c.kind == "control"]
+    assert controls[0] == "ufogen_points-grid-init" and len(controls) == 2 * len(cfg.suite.controls)
+    # a shape without a teacher trains one first, under its own run name
+    missing = _bench_cfg(["suite=points", f"paths.runs_dir={tmp_path}", f"suite.teacher_ready.patterns={tmp_path}/none"])
+    teacher = plan(missing)[0]
+    assert teacher.kind == "teacher" and teacher.name == "teacher_points-patterns"
+    assert {"experiment=teacher_points", "data.shape=patterns", "run_name=teacher_points_patterns"} <= set(teacher.command)
+
+
+def test_cells_drop_their_earlier_rows_from_their_own_leaderboard(tmp_path):
+    from fastgen.eval.leaderboard_io import append_rows, read_leaderboard
+
+    grid, patterns = tmp_path / "grid.csv", tmp_path / "patterns.csv"
+    for board in (grid, patterns):
+        append_rows(board, [{"run_id": "bench_points/x-seed0-1", "experiment": "x", "fid": 1}])
+    cell = Cell("x", [sys.executable, "-c", "pass"], "method", lambda row: row["experiment"] == "x", str(grid))
+    assert run_cells([cell], State(tmp_path / "state.json"), tmp_path / "logs", leaderboard=patterns) == []
+    assert read_leaderboard(grid).empty and len(read_leaderboard(patterns)) == 1

@@ -124,6 +124,10 @@ def test_teacher_export_loads_back_identically(small_backbone, tmp_path):
     assert torch.equal(loaded.unet(x, t, encoder_hidden_states=cond).sample,
                        small_backbone.unet(x, t, encoder_hidden_states=cond).sample)
     assert torch.equal(loaded.alphas_cumprod, small_backbone.alphas_cumprod) and loaded.alphas_cumprod[-1] == 0
+    from diffusers import DDPMScheduler  # the schedule the solvers (diffusers) and the methods (fastgen.core) share
+
+    reference = DDPMScheduler(**loaded.schedule).alphas_cumprod
+    assert torch.allclose(loaded.alphas_cumprod[:-1], reference[:-1].float(), rtol=1e-5)  # diffusers clips ᾱ_T
     assert loaded.prediction_type == "v_prediction"
     with pytest.raises(ValueError, match="teacher of 2-D points but the data is 3-D"):
         build_points_pretrained(str(tmp_path / "teacher"), dim=3)

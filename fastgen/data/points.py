@@ -9,9 +9,12 @@ Shipped shapes (no path; seeded by `data_seed`, `num_points` in all, spread even
   a sampler that returns the conditional mean lands where no data is. Prompt k: GRID_PROMPTS[k], row k from the
   bottom (y = -1.5 + k).
 - `patterns`: `dim`-dimensional (32 by default) points, four random ±1 patterns per prompt (drawn once from
-  `data_seed`; PATTERN_PROMPTS), each the centre of a Gaussian of std `sigma` in a random plane through it: as in
-  images, the evidence of a mode is spread over many coordinates while each mode is low-dimensional (isotropic
-  32-D noise would put even real-vs-real kNN recall near 0.75 at k = 3), and the conditional mean is no pattern.
+  `data_seed`; PATTERN_PROMPTS), each the centre of a Gaussian of std `sigma` in a random plane through it plus a
+  thin isotropic `noise` in every coordinate: as in images, the evidence of a mode is spread over many coordinates
+  while each mode is nearly low-dimensional (with isotropic 32-D modes even real-vs-real kNN precision and recall
+  are ~0.75 at k = 3; here ~0.95), and each prompt's conditional mean is no pattern.
+`sigma` null takes the shape's default (SIGMAS: grid 0.1 — ten standard deviations between neighbouring modes —
+and patterns 0.5).
 
 Split: stratified by label and seeded (`split_seed`): per label its points are permuted and the last
 round(heldout_fraction · n) (at least one) are held out. Held-out points are the evaluation's reference; the
@@ -43,6 +46,7 @@ PATTERN_PROMPTS = ("a pattern of family one", "a pattern of family two", "a patt
                    "a pattern of family four")
 PATTERNS_DIM = 32
 PATTERN_RANK = 2
+SIGMAS = {"grid": 0.1, "patterns": 0.5}
 
 
 def grid_points(num_points: int, sigma: float, seed: int):
@@ -59,9 +63,11 @@ def grid_points(num_points: int, sigma: float, seed: int):
     return x.float(), mode // GRID_SIZE, list(GRID_PROMPTS)
 
 
-def pattern_points(num_points: int, sigma: float, seed: int, dim: int = PATTERNS_DIM, patterns_per_prompt: int = 4):
-    """(x [N, dim], labels [N], prompts): ±1 patterns (patterns_per_prompt per prompt) plus N(0, sigma²) noise in a
-    random plane through each pattern (PATTERN_RANK dimensions: a low-dimensional mode, as images are)."""
+def pattern_points(num_points: int, sigma: float, seed: int, dim: int = PATTERNS_DIM, patterns_per_prompt: int = 4,
+                   noise: float = 0.03):
+    """(x [N, dim], labels [N], prompts): ±1 patterns (patterns_per_prompt per prompt), each spread by N(0, sigma²)
+    in a random plane through it (PATTERN_RANK dimensions: a low-dimensional mode, as images are), plus isotropic
+    N(0, noise²) per coordinate."""
     k = len(PATTERN_PROMPTS)
     per_mode = num_points // (k * patterns_per_prompt)
     if per_mode < 2:
@@ -71,7 +77,7 @@ def pattern_points(num_points: int, sigma: float, seed: int, dim: int = PATTERNS
     planes = torch.linalg.qr(torch.randn(k * patterns_per_prompt, dim, PATTERN_RANK, generator=g, dtype=torch.float64)).Q
     mode = torch.arange(k * patterns_per_prompt).repeat_interleave(per_mode)
     z = sigma * torch.randn(len(mode), PATTERN_RANK, 1, generator=g, dtype=torch.float64)
-    x = patterns[mode] + (planes[mode] @ z).squeeze(-1)
+    x = patterns[mode] + (planes[mode] @ z).squeeze(-1) + noise * torch.randn(len(mode), dim, generator=g, dtype=torch.float64)
     return x.float(), mode // patterns_per_prompt, list(PATTERN_PROMPTS)
 
 
@@ -104,8 +110,8 @@ def _read_npz(path: str):
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(label.astype(np.int64)), [str(p) for p in prompts]
 
 
-def load_points(path: str | None = None, shape: str = "grid", num_points: int = 8000, sigma: float = 0.05,
-                seed: int = 0, dim: int | None = None):
+def load_points(path: str | None = None, shape: str = "grid", num_points: int = 8000, sigma: float | None = None,
+                seed: int = 0, dim: int | None = None, noise: float = 0.03):
     """(x float [N, D], labels long [N], prompts list[str]) from `path`, else the shipped generator `shape`."""
     if path:
         x, labels, prompts = _read_npz(str(Path(path).expanduser()))
@@ -113,9 +119,10 @@ def load_points(path: str | None = None, shape: str = "grid", num_points: int = 
     if shape == "grid":
         if dim not in (None, 2):
             raise DataError(f"data.dim={dim}: the grid shape is 2-D (set data.dim=null)")
-        return grid_points(num_points, sigma, seed)
+        return grid_points(num_points, SIGMAS[shape] if sigma is None else sigma, seed)
     if shape == "patterns":
-        return pattern_points(num_points, sigma, seed, dim or PATTERNS_DIM)
+        return pattern_points(num_points, SIGMAS[shape] if sigma is None else sigma, seed, dim or PATTERNS_DIM,
+                              noise=noise)
     raise DataError(f"data.shape={shape!r} is not one of {SHAPES} (or set data.path=FILE.npz)")
 
 
@@ -163,8 +170,8 @@ class PointsDataset(Dataset):
 class PointsDataModule(L.LightningDataModule):
     """Points and their prompts: training batches plus the evaluation's accessors (prompts, held-out reference)."""
 
-    def __init__(self, path=None, shape="grid", num_points=8000, sigma=0.05, dim=None, heldout_fraction=0.2,
-                 data_seed=0, split_seed=0, batch_size=256, num_workers=0):
+    def __init__(self, path=None, shape="grid", num_points=8000, sigma=None, dim=None, noise=0.03,
+                 heldout_fraction=0.2, data_seed=0, split_seed=0, batch_size=256, num_workers=0):
         super().__init__()
         self.save_hyperparameters()
         self.path, self.shape, self.batch_size, self.num_workers = path, shape, batch_size, num_workers
@@ -176,7 +183,7 @@ class PointsDataModule(L.LightningDataModule):
         if self._x is None:
             hp = self.hparams
             self._x, self._labels, self._prompts = load_points(hp.path, hp.shape, hp.num_points, hp.sigma,
-                                                              hp.data_seed, hp.dim)
+                                                               hp.data_seed, hp.dim, hp.noise)
             self._indices = dict(zip(SPLITS, stratified_split(self._labels, hp.heldout_fraction, hp.split_seed)))
 
     @property

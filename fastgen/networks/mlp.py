@@ -53,7 +53,7 @@ class PointsMLP(ModelMixin, ConfigMixin, PeftAdapterMixin):
     def __init__(
         self,
         in_channels: int = 2,
-        hidden_dim: int = 128,
+        hidden_dim: int = 64,
         num_layers: int = 3,
         cross_attention_dim: int = 32,
         ff_mult: int = 2,
