@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fastgen.data.errors import DataError
-from fastgen.data.loading import read_jsonl, shuffled_loader, uint8_to_pixels
+from fastgen.data.loading import decode_image, read_jsonl, shuffled_loader, uint8_to_pixels
 from fastgen.data.prompts import sample_prompts
 
 METADATA_FILE = "metadata.jsonl"
@@ -51,11 +51,7 @@ def read_image_text_metadata(root):
 
 def load_image(path, resolution, center_crop=True, flip=False):
     """uint8 [3, resolution, resolution]: RGB, shorter side resized (bicubic), centre or random crop, flip."""
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
+    image = decode_image(path)
     scale = resolution / min(image.size)
     width, height = (max(resolution, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.BICUBIC)
