@@ -22,6 +22,10 @@ from fastgen.core import ema_update_
 FROZEN_PREFIXES = ("backbone.text_encoder.", "backbone.vae.", "teacher_unet.")
 
 
+class TrainingDiverged(ValueError):
+    """A loss became NaN or infinite: the run stops with the step, the losses and what to change."""
+
+
 class FewStepMethod(L.LightningModule):
     name: str = "method"
     supported_steps: tuple[int, ...] | None = None  # None: any number of steps
@@ -58,8 +62,23 @@ class FewStepMethod(L.LightningModule):
         self.log("kimg", self.kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def log_losses(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log a named loss dict as `train/<key>` (current values on the progress bar)."""
-        self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=True, batch_size=batch_size)
+        """Log a named loss dict as `train/<key>` (current values on the progress bar); a non-finite loss stops the
+        run (check_finite) before this step's checkpoint or evaluation can keep its weights."""
+        values = {k: v.detach().float() for k, v in losses.items()}
+        self.check_finite(values)
+        self.log_dict({f"train/{k}": v for k, v in values.items()}, prog_bar=True, batch_size=batch_size)
+
+    def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Raise TrainingDiverged naming the step, the non-finite losses and the learning rates to lower."""
+        if torch.isfinite(torch.stack([v.reshape(()) for v in losses.values()])).all():
+            return
+        bad = ", ".join(f"train/{k}={v.item()}" for k, v in losses.items() if not torch.isfinite(v))
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped if self._trainer is not None else "?"
+        rates = " / ".join(f"method.{k}={v}" for k, v in self.hparams.items() if k == "lr" or k.startswith("lr_"))
+        raise TrainingDiverged(
+            f"training diverged at step {step} ({self.kimg:g} kimg): {bad}. Lower the learning rate"
+            f"{f' ({rates})' if rates else ''}; the last finite checkpoint is kept (ckpt_path=last resumes from it)"
+        )
 
     # -- EMA of the generator only -------------------------------------------------------------------
     @staticmethod
