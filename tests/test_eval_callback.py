@@ -79,7 +79,7 @@ def test_check_wandb_ready_needs_a_key_only_online(tmp_path, monkeypatch):
     with pytest.raises(WandbNotReadyError, match="WANDB_MODE=offline"):
         check_wandb_ready()
     check_wandb_ready(offline=True)
-    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef0123456789abcdef01234567\n")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     check_wandb_ready()
     monkeypatch.setenv("WANDB_MODE", "offline")

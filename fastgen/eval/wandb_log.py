@@ -19,32 +19,77 @@ class WandbNotReadyError(ValueError):
     """Online W&B logging was asked for but no credentials are available."""
 
 
-def _netrc_has_host(host):
+VERIFY_TIMEOUT_S = 10
+
+
+def _netrc_key(host):
     path = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
     try:
-        return os.path.isfile(path) and netrc.netrc(path).authenticators(host) is not None
+        entry = netrc.netrc(path).authenticators(host) if os.path.isfile(path) else None
     except (netrc.NetrcParseError, OSError):
-        return False
+        return None
+    return entry[2] if entry else None
 
 
-def check_wandb_ready(offline=False):
-    """Raise WandbNotReadyError (with what to do) if W&B would need an API key that is not configured.
+def _key_format_problem(key):
+    """wandb's own check of an API key's form (None: well-formed), offline and instant."""
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key
+    except ImportError:  # another wandb layout: the same rule (40+ word characters after an optional prefix)
+        secret = key.split("-", 1)[-1]
+        return None if len(secret) >= 40 and secret.replace("-", "_").isidentifier() else "not a W&B API key."
+    return check_api_key(key)
 
-    Ready when offline (argument or WANDB_MODE offline/dryrun/disabled), or with WANDB_API_KEY,
-    WANDB_IDENTITY_TOKEN_FILE, or a ~/.netrc (or $NETRC) entry for the W&B host (what `wandb login` writes).
+
+def _server_rejects(key, base_url):
+    """None if the W&B server accepts `key`, else why not (it did not answer within VERIFY_TIMEOUT_S included)."""
+    try:
+        from wandb.sdk.lib.wbauth.host_url import HostUrl
+        from wandb.sdk.lib.wbauth.validation import check_api_key_validity
+    except ImportError:
+        return None  # no way to ask: wandb.init will
+    previous = os.environ.get("WANDB_HTTP_TIMEOUT")
+    os.environ["WANDB_HTTP_TIMEOUT"] = str(VERIFY_TIMEOUT_S)
+    try:
+        return check_api_key_validity(host=HostUrl(base_url), api_key=key)
+    except Exception as e:
+        return str(e).splitlines()[0]
+    finally:
+        if previous is None:
+            os.environ.pop("WANDB_HTTP_TIMEOUT", None)
+        else:
+            os.environ["WANDB_HTTP_TIMEOUT"] = previous
+
+
+def check_wandb_ready(offline=False, verify=False):
+    """Raise WandbNotReadyError (one line: what was wrong, what to do) if online W&B logging cannot start.
+
+    Ready when offline (argument or WANDB_MODE offline/dryrun/disabled), with WANDB_IDENTITY_TOKEN_FILE, or with an
+    API key (WANDB_API_KEY, or the ~/.netrc / $NETRC entry `wandb login` writes) of the right form; `verify` also
+    asks the server, waiting at most VERIFY_TIMEOUT_S (wandb.init itself retries for minutes, then tracebacks).
     """
     if offline or os.environ.get("WANDB_MODE", "").lower() in OFFLINE_MODES:
         return
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+    if os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    if _netrc_has_host(host):
-        return
-    raise WandbNotReadyError(
-        f"logger=wandb is online but no W&B API key was found (WANDB_API_KEY, ~/.netrc entry for {host}). "
-        "Run `wandb login`, export WANDB_API_KEY, or log offline with WANDB_MODE=offline "
-        "(then upload with `wandb sync <run dir>/wandb/offline-run-*`)."
-    )
+    offline_hint = "or log offline with WANDB_MODE=offline (then upload with `wandb sync <run dir>/wandb/offline-run-*`)"
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = urlparse(base_url).hostname
+    key, source = os.environ.get("WANDB_API_KEY"), "WANDB_API_KEY"
+    if not key:
+        key, source = _netrc_key(host), f"the ~/.netrc entry for {host}"
+    if not key:
+        raise WandbNotReadyError(
+            f"logger=wandb is online but no W&B API key was found (WANDB_API_KEY, ~/.netrc entry for {host}). "
+            f"Run `wandb login`, export WANDB_API_KEY, {offline_hint}."
+        )
+    problem = _key_format_problem(key)
+    if problem:
+        raise WandbNotReadyError(f"the W&B API key in {source} is malformed: {problem} Copy it again from your W&B "
+                                 f"settings (`wandb login --relogin`), {offline_hint}.")
+    if verify and (problem := _server_rejects(key, base_url)):
+        raise WandbNotReadyError(f"W&B did not accept the API key in {source} within {VERIFY_TIMEOUT_S} s ({problem}). "
+                                 f"Check the key (`wandb login --relogin`) and the network, {offline_hint}.")
 
 
 def scalar_metrics(rows):
