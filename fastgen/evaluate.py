@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.config import CONFIG_PATH, register_resolvers, user_errors
+from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
 
 register_resolvers()
 
@@ -76,6 +76,7 @@ def main(cfg: DictConfig) -> None:
             from fastgen.doctor import report
 
             sys.exit(report(cfg))
+        validate_config(cfg, train=False, built=not cfg.ckpt)  # eval.* before any model is loaded
         evaluate(cfg)
 
 
