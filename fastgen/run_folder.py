@@ -80,10 +80,11 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir) -> str | None:
 
 def remove_interrupted_saves(output_dir) -> list[Path]:
     """Delete the temporary files (`.<name>.tmp<pid>`, `.<name>.<pid>.tmp`) that a save killed outright left in the
-    run, checkpoint and log folders (a full checkpoint's size each). Only one run uses a run folder at a time."""
+    run folder, its checkpoint folders and its log folder (a full checkpoint's size each). Only one run uses a run folder at a time."""
     removed = []
-    folders = [Path(output_dir), checkpoints_dir(output_dir), Path(output_dir) / "logs"]
-    for tmp in (tmp for folder in folders for tmp in folder.glob(f".*{TMP_MARK}*")):
+    found = [*Path(output_dir).glob(f".*{TMP_MARK}*"), *checkpoints_dir(output_dir).rglob(f".*{TMP_MARK}*"),
+             *(Path(output_dir) / "logs").glob(f".*{TMP_MARK}*")]
+    for tmp in found:
         if tmp.is_file():
             size = tmp.stat().st_size
             tmp.unlink(missing_ok=True)

@@ -113,8 +113,9 @@ class _Writer(ExperimentWriter):
     def __init__(self, log_dir: str, append: bool):
         self.append = append
         super().__init__(log_dir)
-        header, rows = _read_csv_rows(self.metrics_file_path) if append else ([], [])
-        self.metrics_keys, self.rows = header, len(rows)
+        self.metrics_keys, self.rows = [], 0
+        if append and os.path.isfile(self.metrics_file_path):
+            self.keep_rows(None)  # its header and rows; a line a kill cut short goes (rows are appended after it)
 
     def _check_log_dir_exists(self) -> None:
         if not self.append:

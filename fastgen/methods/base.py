@@ -77,7 +77,7 @@ class FewStepMethod(L.LightningModule):
         rates = " / ".join(f"method.{k}={v}" for k, v in self.hparams.items() if k == "lr" or k.startswith("lr_"))
         raise TrainingDiverged(
             f"training diverged at step {step} ({self.kimg:g} kimg): {bad}. Lower the learning rate"
-            f"{f' ({rates})' if rates else ''}; the last finite checkpoint is kept (ckpt_path=last resumes from it)"
+            f"{f' ({rates})' if rates else ''}; no checkpoint or evaluation of this step is written"
         )
 
     # -- EMA of the generator only -------------------------------------------------------------------
