@@ -78,6 +78,17 @@ def fails_cleanly(cfg, capsys, *needles):
     return one_error_line(capsys, *needles)
 
 
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Fail the test if fastgen.fit builds anything (model, method, data, trainer): the check must come first."""
+    import fastgen.fit
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fastgen.fit built something before refusing the run")
+
+    monkeypatch.setattr(fastgen.fit, "instantiate", refuse)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished 2-step teacher_mnist debug run (random-init UNet): (its folder, a snapshot of it)."""
@@ -178,7 +189,7 @@ def test_resumed_log_drops_the_rows_past_the_checkpoint(tmp_path):
         assert float(a["train/diffusion"]) == pytest.approx(float(b["train/diffusion"]), rel=1e-5)
 
 
-def test_fresh_run_over_an_old_run_is_refused_and_loses_nothing(finished_run, tmp_path, capsys):
+def test_fresh_run_over_an_old_run_is_refused_and_loses_nothing(finished_run, tmp_path, capsys, nothing_built):
     run_dir = copy_of(finished_run, tmp_path)
     before = snapshot(run_dir)
     fails_cleanly(compose_experiment("teacher_mnist", tmp_path, ["model=mnist_pixel_random"]), capsys,
@@ -255,12 +266,10 @@ def test_no_experiment_writes_the_committed_leaderboard(name, tmp_path):
     ("eval.steps=[0]", "eval.steps=[0]"), ("eval.baseline_steps=[0,2]", "eval.baseline_steps=[0, 2]"),
     ("data.batch_size=two", "data.batch_size='two'"), ("trainer.max_time=forever", "trainer.max_time='forever'"),
 ])
-def test_bad_values_stop_before_anything_is_built(override, key, tmp_path, capsys):
+def test_bad_values_stop_before_anything_is_built(override, key, tmp_path, capsys, nothing_built):
     cfg = compose_experiment("ufogen_mnist", tmp_path, [*SMALL_EVAL, f"eval.leaderboard={tmp_path}/board.csv",
                                                         f"eval.cache_dir={tmp_path}/c", override])
-    started = time.monotonic()
     fails_cleanly(cfg, capsys, key, "must be")
-    assert time.monotonic() - started < 5
     assert not (tmp_path / "runs" / "test_ufogen_mnist" / "checkpoints").exists()
 
 
@@ -392,27 +401,25 @@ def test_truncated_latent_shard_names_the_shard(cache_32, tmp_path):
         LatentCacheDataModule(cache).setup()
 
 
-def test_truncated_checkpoint_is_one_line_in_fit_and_evaluate(finished_run, tmp_path, capsys):
+def test_truncated_checkpoint_is_one_line_in_fit_and_evaluate(finished_run, tmp_path, capsys, nothing_built):
     from fastgen.eval.checkpoint import method_from_checkpoint
 
     run_dir = copy_of(finished_run, tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
-    started = time.monotonic()
     fails_cleanly(compose_experiment("teacher_mnist", tmp_path, ["model=mnist_pixel_random", "ckpt_path=last"]),
                   capsys, f"ckpt_path={last}", "truncated or corrupt")
-    assert time.monotonic() - started < 5  # before the model is built
     with pytest.raises(ValueError, match=r"ckpt=.*last\.ckpt: not a readable checkpoint"):
         method_from_checkpoint(last)
 
 
-def test_malformed_wandb_key_fails_fast_with_one_line(tmp_path, monkeypatch, capsys):
+def test_malformed_wandb_key_fails_fast_with_one_line(tmp_path, monkeypatch, capsys, nothing_built):
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_API_KEY", "my-key")
     cfg = compose_experiment("ufogen_mnist", tmp_path, ["logger=wandb"])
     started = time.monotonic()
     fails_cleanly(cfg, capsys, "WANDB_API_KEY", "malformed", "WANDB_MODE=offline")
-    assert time.monotonic() - started < 5 and not (tmp_path / "runs" / "test_ufogen_mnist" / "wandb").exists()
+    assert time.monotonic() - started < 30 and not (tmp_path / "runs" / "test_ufogen_mnist" / "wandb").exists()
 
 
 # -- 9. interrupted saves leave no temporary files ---------------------------------------------------------------------
