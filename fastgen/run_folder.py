@@ -80,7 +80,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir) -> str | None:
 
 def remove_interrupted_saves(output_dir) -> list[Path]:
     """Delete the temporary files (`.<name>.tmp<pid>`, `.<name>.<pid>.tmp`) that a save killed outright left in the
-    run folder, its checkpoint folders and its log folder (a full checkpoint's size each). Only one run uses a run folder at a time."""
+    run folder, its checkpoint folders and its log folder (a full checkpoint's size each). Only one run uses a run
+    folder at a time."""
     removed = []
     found = [*Path(output_dir).glob(f".*{TMP_MARK}*"), *checkpoints_dir(output_dir).rglob(f".*{TMP_MARK}*"),
              *(Path(output_dir) / "logs").glob(f".*{TMP_MARK}*")]

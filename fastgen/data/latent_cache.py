@@ -228,7 +228,8 @@ class LatentCacheDataModule(L.LightningDataModule):
     def __init__(self, cache_dir, batch_size=4, num_workers=0, resolution=None):
         super().__init__()
         self.save_hyperparameters()
-        if resolution is not None and (not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1):
+        bad = isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1
+        if resolution is not None and bad:
             raise DataError(f"data.resolution={resolution!r} must be a positive integer (or null: the cache's)")
         self.cache_dir, self.batch_size, self.num_workers = Path(cache_dir), batch_size, num_workers
         self.resolution = resolution

@@ -15,9 +15,9 @@ def pixels_to_uint8(pixels):
     finite = torch.isfinite(pixels)
     if not finite.all():
         bad = int((~finite).flatten(1).any(1).sum())
-        raise NonFiniteImages(f"{bad} of {len(pixels)} generated images hold NaN/inf pixels: the weights or the sampler "
-                              "diverged, so no leaderboard row is written (check the run's losses; evaluate an earlier "
-                              "checkpoint with ckpt=PATH)")
+        raise NonFiniteImages(f"{bad} of {len(pixels)} generated images hold NaN/inf pixels: the weights or the "
+                              "sampler diverged, so no leaderboard row is written (check the run's losses; evaluate an "
+                              "earlier checkpoint with ckpt=PATH)")
     return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

@@ -72,7 +72,8 @@ def check_wandb_ready(offline=False, verify=False):
         return
     if os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return
-    offline_hint = "or log offline with WANDB_MODE=offline (then upload with `wandb sync <run dir>/wandb/offline-run-*`)"
+    offline_hint = ("or log offline with WANDB_MODE=offline (then upload with "
+                    "`wandb sync <run dir>/wandb/offline-run-*`)")
     base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
     host = urlparse(base_url).hostname
     key, source = os.environ.get("WANDB_API_KEY"), "WANDB_API_KEY"
