@@ -1,6 +1,9 @@
-"""Pieces the data modules share: JSON-lines reading with file/line errors, pixel scaling, the training loader."""
+"""Pieces the data modules share: JSON-lines reading with file/line errors, pixel scaling, the training loader,
+content hashes of image files (the FID reference cache key)."""
 
+import hashlib
 import json
+from pathlib import Path
 
 from torch.utils.data import DataLoader
 
@@ -50,3 +53,13 @@ def shuffled_loader(dataset, batch_size, num_workers):
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
+
+
+def files_sha256(root, paths):
+    """sha256 over the ordered (path relative to `root`, file sha256) pairs: the content of an image list."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            file_digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest.update(f"{Path(path).relative_to(root).as_posix()}\0{file_digest}\n".encode())
+    return digest.hexdigest()
