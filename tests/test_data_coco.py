@@ -108,6 +108,20 @@ def test_run_eval_and_the_floor_score_against_coco(tmp_path):
         assert row["prompts_sha256"] == prompts_sha256(expected_prompts) and row["fid"] > 0
     assert floor["method"] == "real_data" and floor["reference_sha256"] == rows[0]["reference_sha256"]
 
+    class ThreeTrainingImages(FakeDataModule):
+        def split_size(self, split):
+            return 3
+
+    with pytest.warns(UserWarning, match="uses all 3 training images"):
+        small = real_data_row(ThreeTrainingImages(channels=3), cfg)
+    assert small["num_samples"] == 3 and small["fid"] > 0 and small["reference"] == floor["reference"]
+
+    class LatentsOnly:  # a latent cache: captions, no images
+        name = "cache"
+
+    with pytest.warns(UserWarning, match="no real_data floor row"):
+        assert real_data_row(LatentsOnly(), cfg) is None
+
 
 def test_doctor_reports_whether_the_coco_folder_is_complete(tmp_path, capsys):
     from hydra import compose, initialize_config_dir
