@@ -59,8 +59,9 @@ def evaluate(cfg):
                         run_id=f"{experiment or method.name}-{Path(cfg.ckpt).stem if cfg.ckpt else 'eval'}",
                         checkpoint=str(cfg.ckpt or ""), train_seed=config.get("seed"), suite=suite,
                         label=cfg.label)
-    if cfg.real_data:
-        rows.append(real_data_row(datamodule, settings, experiment=experiment, suite=suite))
+    floor = real_data_row(datamodule, settings, experiment=experiment, suite=suite) if cfg.real_data else None
+    if floor:
+        rows.append(floor)
     import pandas as pd
 
     table = metric_table(summarise(pd.DataFrame(rows)), "fid")

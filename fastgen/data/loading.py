@@ -1,7 +1,10 @@
-"""Pieces the data modules share: JSON-lines reading with file/line errors, image decoding, pixel scaling, and a
-training loader that a resumed run continues where it stopped."""
+"""Pieces the data modules share: JSON-lines reading with file/line errors, image decoding, pixel scaling, a
+training loader that a resumed run continues where it stopped, content hashes of image files (the FID reference
+cache key)."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -147,3 +150,13 @@ def shuffled_loader(dataset, batch_size, num_workers, seed=None):
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),  # worker seeds: not drawn from the global RNG
     )
+
+
+def files_sha256(root, paths):
+    """sha256 over the ordered (path relative to `root`, file sha256) pairs: the content of an image list."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            file_digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest.update(f"{Path(path).relative_to(root).as_posix()}\0{file_digest}\n".encode())
+    return digest.hexdigest()

@@ -12,7 +12,7 @@ import torch
 
 from fastgen.eval import aesthetic, clip_score, digit_classifier, inception
 from fastgen.eval.fid import fid_from_features, kid_from_features
-from fastgen.eval.reference import reference_stats
+from fastgen.eval.reference import evaluation_reference
 
 METRIC_COLUMNS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy")
 
@@ -38,10 +38,7 @@ class MetricSuite:
         if settings.fid.enabled:
             suite.inception = _cached_inception(settings.fid.weights, str(device))
         if suite.inception is not None:
-            suite.reference = reference_stats(
-                datamodule, suite.inception, settings.num_samples, settings.cache_dir,
-                split=settings.fid.reference_split, batch_size=settings.batch_size, path=settings.fid.reference,
-            )
+            suite.reference = evaluation_reference(settings, datamodule, suite.inception)
         if settings.clip.enabled:
             suite.clip = clip_score.load_clip_scorer(settings.clip.model, settings.clip.pretrained, device)
         if settings.aesthetic.enabled:

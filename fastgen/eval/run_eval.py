@@ -13,6 +13,8 @@ Under DDP the sample indices are sharded across ranks, per-sample outputs are ga
 numbers equal a single process's), and only rank 0 writes files.
 """
 
+import warnings
+
 import torch
 
 from fastgen.eval.distributed import gather_in_index_order, is_rank_zero, max_over_ranks, shard_indices
@@ -22,6 +24,7 @@ from fastgen.eval.images import pixels_to_uint8
 from fastgen.eval.latency import LatencyMeter
 from fastgen.eval.leaderboard_io import COLUMNS, append_rows
 from fastgen.eval.metrics import MetricSuite
+from fastgen.eval.reference import warn_resolution_mismatch
 from fastgen.eval.settings import eval_settings
 
 
@@ -32,7 +35,12 @@ def method_device(method):
 
 
 def eval_prompts(datamodule, settings):
-    """The evaluation prompts: the first num_samples of the named prompt set, else the data module's."""
+    """The evaluation prompts: the COCO reference's captions under eval.coco_root, else the first num_samples of
+    the named prompt set, else the data module's."""
+    if settings.coco_root:
+        from fastgen.data.coco import coco_prompts
+
+        return coco_prompts(settings)
     if settings.prompts is None:
         return list(datamodule.eval_prompts(settings.num_samples, seed=settings.seed))
     from fastgen.data.prompts import load_prompt_set
@@ -134,6 +142,7 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
                 continue
             meter = LatencyMeter(device, warmup=settings.latency.warmup)
             images = generate(method, prompts, indices, steps, settings, meter)
+            warn_resolution_mismatch(suite.reference, images)
             row = base_row(
                 settings, prompts, suite, run_id=run_id or f"{label}-{timestamp()}", experiment=experiment,
                 method=label, backbone=getattr(method.backbone, "name", type(method.backbone).__name__),
@@ -159,17 +168,30 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
 
 
 def real_data_row(datamodule, cfg=None, *, experiment="", run_id="real_data", suite=None):
-    """The data floor: the first num_samples *training* images scored against the held-out reference.
+    """The data floor: the first num_samples *training* images scored against the evaluation's reference.
 
-    FID/KID here are what a perfect generator would get at this sample count (not 0: FID is biased at small N).
+    FID/KID here are what a generator reproducing its training data exactly would get at this sample count: not
+    0 (FID is biased at small N) and, against the COCO reference (`eval.coco_root`), also the gap between the
+    training data and COCO val -- the training data, not COCO train2017, is what a fine-tuned model can match.
+    With fewer training images than num_samples all are used and `num_samples` says how many (one warning).
     `prompt_accuracy` is the digit classifier's accuracy on the first num_samples held-out images -- the
     ceiling of that metric. CLIP and aesthetic scores need captions / are image-only: the aesthetic score of
-    the training images is reported, CLIP score is left empty.
+    the training images is reported, CLIP score is left empty. A data module without images (a latent cache)
+    has no floor: None, with a warning.
     """
     settings = eval_settings(cfg)
+    if not hasattr(datamodule, "reference_images"):
+        warnings.warn(f"no real_data floor row: {type(datamodule).__name__} holds no images", stacklevel=2)
+        return None
     suite = suite or MetricSuite.load(settings, datamodule)
-    images = datamodule.reference_images(split="train", n=settings.num_samples)
-    indices = shard_indices(settings.num_samples)
+    n = settings.num_samples
+    available = datamodule.split_size("train") if hasattr(datamodule, "split_size") else n
+    if available < n:
+        warnings.warn(f"the real_data floor uses all {available} training images (eval.num_samples={n}): its FID is "
+                      f"biased higher than that of rows at n={n}", stacklevel=2)
+        n = available
+    images = datamodule.reference_images(split="train", n=n)
+    indices = shard_indices(n)
     image_only = [name for name in suite.available if name in ("inception", "aesthetic")]
     metrics = score_sharded(suite, images[indices], indices, [""] * len(images), settings.batch_size, image_only)
     if suite.digits is not None:
@@ -180,7 +202,7 @@ def real_data_row(datamodule, cfg=None, *, experiment="", run_id="real_data", su
         metrics["prompt_accuracy"] = float((predict(suite.digits.model, pixels) == labels).float().mean())
     row = base_row(settings, eval_prompts(datamodule, settings), suite, run_id=run_id, experiment=experiment,
                    method="real_data", backbone="", dataset=getattr(datamodule, "name", ""), checkpoint="",
-                   steps=None, nfe=0, guidance=0.0, precision="", device="")
+                   steps=None, nfe=0, guidance=0.0, precision="", device="", num_samples=n)
     row.update(metrics)
     if settings.leaderboard and is_rank_zero():
         append_rows(settings.leaderboard, [row])
