@@ -39,7 +39,8 @@ def build_method(cfg, device):
 
 
 def evaluate(cfg):
-    from fastgen.eval.leaderboard_table import metric_table, summarise, to_markdown
+    from fastgen.eval.leaderboard_io import rows_frame
+    from fastgen.eval.leaderboard_table import protocol_sections, summarise
     from fastgen.eval.metrics import MetricSuite
     from fastgen.eval.run_eval import real_data_row, run_eval
     from fastgen.eval.settings import eval_settings
@@ -62,10 +63,7 @@ def evaluate(cfg):
     floor = real_data_row(datamodule, settings, experiment=experiment, suite=suite) if cfg.real_data else None
     if floor:
         rows.append(floor)
-    import pandas as pd
-
-    table = metric_table(summarise(pd.DataFrame(rows)), "fid")
-    print(to_markdown(table) if table is not None else pd.DataFrame(rows).to_string())
+    print("\n".join(protocol_sections(summarise(rows_frame(rows)), ("fid",))).rstrip())
     print(f"\n[fastgen] {len(rows)} rows appended to {settings.leaderboard}")
     return rows
 

@@ -67,9 +67,12 @@ def test_a_cell_that_runs_again_replaces_its_earlier_rows_and_only_those(tmp_pat
     cells = {c.name: c for c in plan(cfg)}
     board = tmp_path / "board.csv"
     append_rows(board, [
-        {"run_id": "bench_mnist/ufogen_mnist-seed0-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 1},
-        {"run_id": "bench_mnist/ufogen_mnist-seed1-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 2},
-        {"run_id": "dpm_solver-0f5846b31c64", "experiment": "dpm_solver_mnist", "fid": 3},
+        {"run_id": "bench_mnist/ufogen_mnist-seed0-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 1,
+         "method": "ufogen", "steps": 1},
+        {"run_id": "bench_mnist/ufogen_mnist-seed1-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 2,
+         "method": "ufogen", "steps": 1},
+        {"run_id": "dpm_solver-0f5846b31c64", "experiment": "dpm_solver_mnist", "fid": 3, "method": "dpm_solver",
+         "steps": 1},
     ])
     rerun = [Cell("ufogen_mnist-seed0", [sys.executable, "-c", "pass"], "method", cells["ufogen_mnist-seed0"].replaces)]
     assert run_cells(rerun, State(tmp_path / "state.json"), tmp_path / "logs", leaderboard=board) == []

@@ -80,7 +80,7 @@ class FewStepEval(L.Callback):
                                        experiment=experiment)
         rows = run_eval(pl_module, datamodule, self.settings, out_dir=out_dir, experiment=experiment,
                         train_seed=config.get("seed"), run_id=self.run_id, checkpoint=f"kimg={kimg:.3f}",
-                        precision=str(trainer.precision), grid_tag=f"kimg{kimg:09.3f}", suite=self.suite)
+                        grid_tag=f"kimg{kimg:09.3f}", suite=self.suite)
         self.rows += rows
         if trainer.is_global_zero:
             metrics = {**scalar_metrics(rows), "eval/kimg": kimg}

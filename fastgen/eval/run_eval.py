@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from fastgen.eval.distributed import gather_in_index_order, is_rank_zero, max_over_ranks, shard_indices
-from fastgen.eval.fingerprint import device_name, git_commit, module_precision, timestamp
+from fastgen.eval.fingerprint import SamplingPrecision, device_name, git_commit, timestamp
 from fastgen.eval.grids import grid_indices, save_grid
 from fastgen.eval.images import pixels_to_uint8
 from fastgen.eval.latency import LatencyMeter
@@ -109,7 +109,8 @@ def gather_grid(images, indices, prompts, order_key):
 
 
 def base_row(settings, prompts, suite, **fields):
-    """A row with every COLUMN, the fingerprint filled in, metrics empty."""
+    """A row with every COLUMN, the fingerprint filled in (protocol: fingerprint.PROTOCOL_COLUMNS), metrics empty;
+    `fields` (method, steps, guidance, the precision sampling ran in, ...) complete it."""
     from fastgen.data.prompts import prompts_sha256
 
     row = dict.fromkeys(COLUMNS)
@@ -120,7 +121,7 @@ def base_row(settings, prompts, suite, **fields):
 
 
 def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_id="", checkpoint="",
-             train_seed=None, precision=None, grid_tag="", suite=None, label=None):
+             train_seed=None, grid_tag="", suite=None, label=None):
     """Evaluate `method` at every supported step count in `cfg.steps`; returns one row per step count.
 
     `cfg` is the `eval` config node (or a dict, or None for defaults). Rows are appended to `cfg.leaderboard`
@@ -141,7 +142,8 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
             if method.supported_steps is not None and steps not in method.supported_steps:
                 continue
             meter = LatencyMeter(device, warmup=settings.latency.warmup)
-            images = generate(method, prompts, indices, steps, settings, meter)
+            with SamplingPrecision(method) as precision:  # what the sampling ran in, read off the modules that ran
+                images = generate(method, prompts, indices, steps, settings, meter)
             warn_resolution_mismatch(suite.reference, images)
             row = base_row(
                 settings, prompts, suite, run_id=run_id or f"{label}-{timestamp()}", experiment=experiment,
@@ -149,7 +151,7 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
                 dataset=getattr(datamodule, "name", type(datamodule).__name__), checkpoint=checkpoint, steps=steps,
                 train_seed=train_seed,
                 nfe=method.nfe(steps), guidance=float(method.guidance_scale),
-                precision=precision or module_precision(method), device=device_name(device),
+                precision=precision.name, device=device_name(device),
             )
             row.update(score_sharded(suite, images, indices, prompts, settings.batch_size))
             if settings.latency.enabled:

@@ -1,10 +1,16 @@
-"""W&B for the evaluation: a readiness check before training, and the dashboard pieces of each evaluation.
+"""W&B: a readiness check before training, the dashboard pieces of each evaluation, and a whole leaderboard.
 
 Logged per evaluation (step = trainer.global_step): the scalar metrics `eval/<metric>@<N>step` (through every
 logger, by the callback), and with a WandbLogger also `eval/leaderboard` (a wandb.Table of the rows),
 `eval/samples@<N>step` (the sample grids as wandb.Image) and `eval/<metric>_vs_steps` (line plots of each
-metric against steps), so a dashboard compares step counts across runs. Offline (`WANDB_MODE=offline`)
-everything lands in `<save_dir>/wandb/offline-run-*`; `wandb sync` uploads it later.
+metric against steps) -- one run's own step counts.
+
+`log_leaderboard` (`python -m fastgen.leaderboard FILE.csv --wandb`) compares methods: one W&B run (job type
+`leaderboard`) holding, per evaluation protocol (keys prefixed `<protocol>/` when the CSV holds several),
+`summary` (the grouped table, a wandb.Table), `rows` (the CSV's rows), `<metric>_vs_steps` and
+`<metric>_vs_nfe` (one line per series, the data floor as a flat line: wandb.plot.line_series) and
+`samples/<series>@<N>step` (the selected rows' sample grids, where the files exist). Offline
+(`WANDB_MODE=offline`) everything lands in `<dir>/wandb/offline-run-*`; `wandb sync` uploads it later.
 """
 
 import netrc
@@ -119,3 +125,74 @@ def log_to_wandb(logger, rows, step):
             table = wandb.Table(data=points, columns=["steps", metric])
             payload[f"eval/{metric}_vs_steps"] = wandb.plot.line(table, "steps", metric, title=f"{metric} vs steps")
     logger.experiment.log({**payload, "trainer/global_step": step})
+
+
+def _line_series(summary, metric, x):
+    """wandb.plot.line_series of one metric of a one-protocol summary against `x`, or None if never filled."""
+    import wandb
+
+    from fastgen.eval.leaderboard_table import REAL, REAL_DATA, series_order
+
+    sampled = summary[(summary["steps"] != REAL)].dropna(subset=[metric])
+    if sampled.empty:
+        return None
+    xs, ys, keys = [], [], []
+    for label in series_order(summary):
+        rows = sampled[sampled["series"] == label].sort_values(x, key=lambda s: s.astype(int))
+        if len(rows):
+            xs.append([int(v) for v in rows[x]])
+            ys.append([float(v) for v in rows[metric]])
+            keys.append(label)
+    floor = summary[(summary["method"] == REAL_DATA)][metric].dropna()
+    if len(floor):
+        span = [int(sampled[x].astype(int).min()), int(sampled[x].astype(int).max())]
+        xs.append(span)
+        ys.append([float(floor.iloc[0])] * 2)
+        keys.append("real data")
+    xname = "steps" if x == "steps" else "NFE"
+    return wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=f"{metric} vs {xname}", xname=xname)
+
+
+def _table(frame):
+    import wandb
+
+    return wandb.Table(dataframe=frame.astype(str))
+
+
+def log_leaderboard(summary, frame, csv_path, project=None, name=None, save_dir=None):
+    """Log a leaderboard's grouped tables, line charts and sample grids as one W&B run; returns the finished run.
+
+    `summary` is `leaderboard_table.summarise(frame)`; `frame` the CSV's rows (`read_leaderboard`)."""
+    import wandb
+
+    from fastgen.eval.fingerprint import protocol_id
+    from fastgen.eval.leaderboard_table import SUMMARY_METRICS, protocols
+
+    check_wandb_ready()
+    found = protocols(summary)
+    run = wandb.init(project=project or os.environ.get("WANDB_PROJECT", "fastgen"), job_type="leaderboard",
+                     name=name or f"leaderboard-{os.path.splitext(os.path.basename(str(csv_path)))[0]}",
+                     dir=str(save_dir) if save_dir else None,
+                     config={"csv": str(csv_path), "selection": str(summary["selection"].iloc[0]),
+                             "protocols": dict(found)})
+    row_protocols = [protocol_id(r) for r in frame.to_dict("records")]
+    payload = {}
+    for pid, _ in found:
+        prefix = f"{pid}/" if len(found) > 1 else ""
+        part = summary[summary["protocol"] == pid]
+        columns = ["series", "method", "experiment", "guidance", "precision", "steps", "nfe", "n_seeds",
+                   *(c for m in SUMMARY_METRICS for c in (m, f"{m}_std"))]
+        payload[f"{prefix}summary"] = _table(part[columns])
+        payload[f"{prefix}rows"] = _table(frame[[p == pid for p in row_protocols]])
+        for metric in SUMMARY_METRICS:
+            for x in ("steps", "nfe"):
+                chart = _line_series(part, metric, x)
+                if chart is not None:
+                    payload[f"{prefix}{metric}_vs_{x}"] = chart
+        for _, row in part.iterrows():
+            for k, grid in enumerate(g for g in row["grids"] if os.path.isfile(g)):
+                key = f"{prefix}samples/{row['series']}@{row['steps']}step" + (f"/{k}" if k else "")
+                payload[key] = wandb.Image(grid, caption=f"{row['series']}, {row['steps']} steps")
+    run.log(payload)
+    run.finish()
+    return run
