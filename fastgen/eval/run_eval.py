@@ -4,19 +4,22 @@
 For each `steps` in `eval.steps` (skipping those the method does not support):
   1. generate `eval.num_samples` images in batches of `eval.batch_size`: sample i gets prompt i of the fixed
      prompt set (`eval.prompts`, else `datamodule.eval_prompts(n, seed)`) and noise drawn from
-     `torch.Generator().manual_seed(eval.seed + i)` on the CPU -- the same prompts and noises for every method,
-     step count, device and sharding (paired comparisons). Stochastic samplers get a generator seeded by
-     `eval.seed + <first index of the batch>`;
+     `torch.Generator().manual_seed(eval.seed + i)` on the CPU, and a stochastic sampler's per-step draws for
+     sample i come from its own CPU generator seeded by a hash of (eval.seed, i) (`sampler_generators`) -- so
+     sample i is the same for every batch size, device count and sharding, and paired across methods and step
+     counts;
   2. decode (`backbone.decode`) to uint8 pixels, as if saved as PNG; the wall time of 1-2 is the latency;
   3. score every available metric (metrics.py) and write a sample grid PNG (grids.py).
 Under DDP the sample indices are sharded across ranks, per-sample outputs are gathered in index order (so the
 numbers equal a single process's), and only rank 0 writes files.
 """
 
+import hashlib
 import warnings
 
 import torch
 
+from fastgen.core import randn_per_sample
 from fastgen.eval.distributed import gather_in_index_order, is_rank_zero, max_over_ranks, shard_indices
 from fastgen.eval.fingerprint import SamplingPrecision, device_name, git_commit, timestamp
 from fastgen.eval.grids import grid_indices, save_grid
@@ -50,7 +53,25 @@ def eval_prompts(datamodule, settings):
 
 def eval_noise(indices, shape, seed):
     """Noise [len(indices), *shape]: sample i from torch.Generator().manual_seed(seed + i) (CPU, float32)."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + int(i))) for i in indices])
+    generators = [torch.Generator().manual_seed(seed + int(i)) for i in indices]
+    return randn_per_sample((len(generators), *shape), generators)
+
+
+def sampler_generators(indices, seed):
+    """One CPU generator per sample for a stochastic sampler's per-step draws, sample i's seeded by a 63-bit hash of
+    (seed, i): a stream apart from every sample's initial noise (seeds seed + j)."""
+    def sampler_seed(i):
+        return int.from_bytes(hashlib.sha256(f"fastgen-sampler/{seed}/{i}".encode()).digest()[:8], "little") >> 1
+
+    return [torch.Generator().manual_seed(sampler_seed(int(i))) for i in indices]
+
+
+def sample_and_decode(method, prompts, batch, steps, seed):
+    """Decoded images (model output range) of the samples with indices `batch`, each from its own noise and
+    sampler generator; `prompts` is indexed by sample index."""
+    noise = eval_noise(batch, tuple(method.backbone.sample_shape), seed).to(method_device(method))
+    x0 = method.sample(noise, [prompts[i] for i in batch.tolist()], steps, generator=sampler_generators(batch, seed))
+    return method.backbone.decode(x0)
 
 
 def prompt_order_key(suite):
@@ -68,20 +89,15 @@ def generate(method, prompts, indices, steps, settings, meter):
 
     A network sharded by FSDP samples collectively, so every rank makes as many sampling calls as the busiest
     one: a rank with fewer batches first samples one extra noise (result dropped), as the meter's warm-up."""
-    device = method_device(method)
-    shape = tuple(method.backbone.sample_shape)
-
-    def sample_and_decode(batch):
-        noise = eval_noise(batch, shape, settings.seed).to(device)
-        generator = torch.Generator(device).manual_seed(settings.seed + int(batch[0]))
-        return method.backbone.decode(method.sample(noise, [prompts[i] for i in batch.tolist()], steps, generator=generator))
+    def run(batch):
+        return sample_and_decode(method, prompts, batch, steps, settings.seed)
 
     batches = list(indices.split(settings.batch_size))
     extra = max_over_ranks(len(batches)) - len(batches)
     calls = [torch.zeros(1, dtype=torch.long)] * extra + batches  # an extra call samples index 0, dropped below
-    images = [pixels_to_uint8(meter.time(lambda b=batch: sample_and_decode(b), len(batch))).cpu() for batch in calls]
+    images = [pixels_to_uint8(meter.time(lambda b=batch: run(b), len(batch))).cpu() for batch in calls]
     if settings.latency.enabled and calls and not meter.measured:  # one batch was all warm-up: time it again
-        meter.time(lambda: sample_and_decode(calls[-1]), len(calls[-1]))
+        meter.time(lambda: run(calls[-1]), len(calls[-1]))
     images = images[extra:]
     return torch.cat(images) if images else torch.empty(0, dtype=torch.uint8)
 

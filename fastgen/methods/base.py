@@ -1,7 +1,7 @@
 """`FewStepMethod`: the small contract every fastgen method implements.
 
 A method is a LightningModule that owns a `Backbone` and offers one sampling call,
-`sample(noise, prompts, steps) -> x0` in model space, which is all the evaluation uses. The base
+`sample(noise, prompts, steps, generator) -> x0` in model space, which is all the evaluation uses. The base
 class adds only what every method shares: training length in images seen (kimg, EDM-style — with
 manual optimisation Lightning's `global_step` counts every optimizer step), an EMA copy of the
 generator, and checkpoints that hold tensors and primitives only, without the frozen parts
@@ -39,8 +39,15 @@ class FewStepMethod(L.LightningModule):
 
     # -- the contract the evaluation uses -------------------------------------------------------------
     @abc.abstractmethod
-    def sample(self, noise: torch.Tensor, prompts: list[str], steps: int, generator: torch.Generator | None = None):
-        """Generate x0 (model space) from Gaussian `noise` [B, C, H, W] conditioned on `prompts` in `steps` steps."""
+    def sample(self, noise: torch.Tensor, prompts: list[str], steps: int,
+               generator: list[torch.Generator] | torch.Generator | None = None):
+        """Generate x0 (model space) from Gaussian `noise` [B, C, H, W] conditioned on `prompts` in `steps` steps.
+
+        Every further random draw of a stochastic sampler (re-noising, latent z, posterior or SDE noise) comes
+        from `generator` through `fastgen.core.randn_per_sample`: with a list of B generators, one per sample,
+        sample b depends on `noise[b]`, `prompts[b]` and `generator[b]` only, not on the batch it is in (the
+        evaluation passes one per sample, seeded from its index); one generator draws for the whole batch;
+        None draws from the global RNG."""
 
     def nfe(self, steps: int) -> int:
         """Network evaluations for `steps` steps (classifier-free guidance counts twice)."""
