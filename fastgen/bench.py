@@ -11,7 +11,12 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
    baseline cell's).
 4. the controls (`suite.controls`): a method experiment evaluated untrained (`python -m fastgen.evaluate
    experiment=<experiment> label=<method>@init`): the teacher sampled the method's way, the row that shows
-   what training adds.
+   what training adds;
+5. the latency pass (`bench.latency`), after every cell and alone: the cells run with `eval.latency.enabled=false`
+   (two jobs sharing a CPU make identical work read 8 vs 4 ms), then this process re-measures the latency
+   columns of every row of the suite's experiments one sampling path at a time (`fastgen/eval/latency_pass.py`:
+   median of `bench.latency.repeats` batches at `eval.batch_size`, with device, threads and batch in the row).
+   It runs again whenever a cell ran; `bench.latency.only=true` runs it alone on the current leaderboard.
 
 Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the
 bench is started again; an interrupted training cell resumes from its last checkpoint (`ckpt_path=last`).
@@ -61,13 +66,14 @@ def plan(cfg: DictConfig) -> list[Cell]:
     suite, bench = cfg.suite, cfg.bench
     python = [sys.executable, "-m"]
     overrides = list(bench.overrides)
+    no_latency = ["eval.latency.enabled=false"] if bench.latency.enabled else []  # the latency pass measures it
     cells = []
     if suite.get("teacher") and (bench.retrain_teacher or not Path(suite.teacher_ready).is_file()):
         cells.append(Cell(suite.teacher, [*python, "fastgen.fit", f"experiment={suite.teacher}", "ckpt_path=last",
                                           *overrides], "teacher"))
     if suite.get("baseline"):
         cells.append(Cell(suite.baseline, [*python, "fastgen.evaluate", f"experiment={suite.baseline}",
-                                           f"eval.leaderboard={suite.leaderboard}"], "baseline",
+                                           f"eval.leaderboard={suite.leaderboard}", *no_latency], "baseline",
                           replaces=lambda row, baseline=suite.baseline: row["experiment"] == baseline))
     # with a baseline cell, the method runs leave the baseline rows to it (no copies of them per method)
     no_baseline = ["eval.baseline_steps=[]"] if suite.get("baseline") else []
@@ -77,13 +83,15 @@ def plan(cfg: DictConfig) -> list[Cell]:
             run_name = f"bench_{suite.name}/{name}"
             cells.append(Cell(name, [*python, "fastgen.fit", f"experiment={experiment}", f"seed={seed}",
                                      f"run_name={run_name}", "ckpt_path=last",
-                                     f"eval.leaderboard={suite.leaderboard}", *no_baseline, *overrides], "method",
+                                     f"eval.leaderboard={suite.leaderboard}", *no_baseline, *no_latency, *overrides],
+                              "method",
                               replaces=lambda row, prefix=f"{run_name}-": row["run_id"].startswith(prefix)))
     for experiment in suite.get("controls") or []:
         label = experiment.removesuffix(f"_{suite.name}") + CONTROL
         cells.append(Cell(f"{experiment}-init", [*python, "fastgen.evaluate", f"experiment={experiment}",
                                                  f"label={label}", "real_data=false",
-                                                 f"eval.leaderboard={suite.leaderboard}", *overrides], "control",
+                                                 f"eval.leaderboard={suite.leaderboard}", *no_latency, *overrides],
+                              "control",
                           replaces=lambda row, label=label: row["method"] == label))
     return cells
 
@@ -180,9 +188,32 @@ def _default_threads(jobs: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // jobs)
 
 
+def suite_experiments(suite) -> list[str]:
+    """The experiments whose rows the suite writes (baseline, methods, controls)."""
+    return list(dict.fromkeys([*([suite.baseline] if suite.get("baseline") else []), *suite.methods,
+                               *(suite.get("controls") or [])]))
+
+
+def latency_pass(cfg: DictConfig, state: State) -> None:
+    """Re-measure the latency of the suite's rows in this process, alone (fastgen/eval/latency_pass.py)."""
+    from fastgen.eval.latency_pass import measure_leaderboard
+
+    latency = cfg.bench.latency
+    threads = latency.threads or len(os.sched_getaffinity(0))
+    print(f"[bench] latency pass over {cfg.suite.leaderboard}: one sampling path at a time, {threads} threads, "
+          f"median of {latency.repeats}", flush=True)
+    start = time.monotonic()
+    rows = measure_leaderboard(cfg.suite.leaderboard, suite_experiments(cfg.suite), list(cfg.bench.overrides),
+                               repeats=latency.repeats, warmup=latency.warmup, threads=threads,
+                               device=latency.device)
+    state.finish(Cell("latency", [], "latency"), time.monotonic() - start)
+    print(f"[bench] latency of {rows} rows re-measured in {_clock(time.monotonic() - start)}", flush=True)
+
+
 def run_suite(cfg: DictConfig) -> int:
-    """Plan and run the suite, then write the leaderboard table and plots; the exit status."""
-    cells = plan(cfg)
+    """Plan and run the suite and its latency pass, then write the leaderboard table and plots; the exit status."""
+    latency = cfg.bench.latency
+    cells = [] if latency.only else plan(cfg)
     bench_dir = Path(cfg.paths.runs_dir) / f"bench_{cfg.suite.name}"
     jobs = max(1, int(cfg.bench.jobs))
     threads = cfg.bench.threads or _default_threads(jobs)
@@ -191,12 +222,18 @@ def run_suite(cfg: DictConfig) -> int:
     if cfg.bench.dry_run:
         for cell in cells:
             print(f"  {cell.kind:8s} {cell.name}: {' '.join(cell.command[2:])}")
+        if latency.enabled:
+            print("  then the latency pass over the leaderboard's rows, alone")
         return 0
     start = time.monotonic()
-    failed = run_cells(cells, State(bench_dir / "state.json"), bench_dir / "logs", jobs, threads,
-                       Path(cfg.suite.leaderboard))
+    state = State(bench_dir / "state.json")
+    ran_cells = any(c.name not in state.done for c in cells)
+    failed = run_cells(cells, state, bench_dir / "logs", jobs, threads, Path(cfg.suite.leaderboard))
+    leaderboard_exists = Path(cfg.suite.leaderboard).is_file()
+    if latency.enabled and leaderboard_exists and (latency.only or ran_cells or "latency" not in state.done):
+        latency_pass(cfg, state)
     print(f"[bench] suite {cfg.suite.name} took {_clock(time.monotonic() - start)} this time", flush=True)
-    if Path(cfg.suite.leaderboard).is_file():
+    if leaderboard_exists:
         from fastgen import leaderboard
 
         readme = ["--readme", cfg.suite.readme] if cfg.suite.get("readme") else []

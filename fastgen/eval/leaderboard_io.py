@@ -35,14 +35,16 @@ from fastgen.eval.fingerprint import normalise_precision
 COLUMNS = (
     "run_id", "experiment", "method", "backbone", "dataset", "checkpoint", "steps", "nfe", "guidance",
     "fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "ms_per_image", "images_per_s", "peak_mem_mb",
+    "latency_device", "latency_threads", "latency_batch", "latency_repeats",
     "num_samples", "extractor", "extractor_sha256", "reference", "reference_sha256", "prompts_sha256", "seed",
     "train_seed",
     "precision", "device", "git_commit", "timestamp",
     "clip_model", "aesthetic_sha256", "aesthetic_clip", "classifier_sha256",
 )
-ADDED_LATER = ("train_seed", "clip_model", "aesthetic_sha256", "aesthetic_clip", "classifier_sha256")
+ADDED_LATER = ("train_seed", "clip_model", "aesthetic_sha256", "aesthetic_clip", "classifier_sha256",
+               "latency_device", "latency_threads", "latency_batch", "latency_repeats")
 REQUIRED_COLUMNS = tuple(c for c in COLUMNS if c not in ADDED_LATER)  # every leaderboard fastgen has written
-INT_COLUMNS = ("steps", "nfe", "num_samples", "seed", "train_seed")
+INT_COLUMNS = ("steps", "nfe", "num_samples", "seed", "train_seed", "latency_threads", "latency_batch", "latency_repeats")
 FLOAT_COLUMNS = ("guidance", "fid", "kid", "kid_std", "clip_score", "aesthetic_score", "prompt_accuracy",
                  "ms_per_image", "images_per_s", "peak_mem_mb")
 REAL_DATA = "real_data"
@@ -254,6 +256,11 @@ def append_rows(csv_path, rows):
     """Append `rows` (dicts) to the CSV at `csv_path` (created with COLUMNS first), atomically and under a lock."""
     rows = _checked(rows)
     _rewrite(csv_path, lambda existing: [*existing, *rows], new_rows=rows)
+
+
+def update_rows(csv_path, update):
+    """Replace each row (a dict of strings) by `update(row)`, atomically and under the lock (checked as appends are)."""
+    _rewrite(csv_path, lambda existing: _checked([update(row) for row in existing]))
 
 
 def drop_rows(csv_path, predicate):

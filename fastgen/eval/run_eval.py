@@ -8,7 +8,9 @@ For each `steps` in `eval.steps` (skipping those the method does not support):
      sample i come from its own CPU generator seeded by a hash of (eval.seed, i) (`sampler_generators`) -- so
      sample i is the same for every batch size, device count and sharding, and paired across methods and step
      counts;
-  2. decode (`backbone.decode`) to uint8 pixels, as if saved as PNG; the wall time of 1-2 is the latency;
+  2. decode (`backbone.decode`) to uint8 pixels, as if saved as PNG; the median per-image wall time of 1-2 over
+     the batches is the latency (latency.py; measured alongside whatever else the machine runs: the bench
+     re-measures its rows in a quiet pass, latency_pass.py);
   3. score every available metric (metrics.py) and write a sample grid PNG (grids.py).
 Under DDP the sample indices are sharded across ranks, per-sample outputs are gathered in index order (so the
 numbers equal a single process's), and only rank 0 writes files.
@@ -157,7 +159,7 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
         for steps in settings.steps:
             if method.supported_steps is not None and steps not in method.supported_steps:
                 continue
-            meter = LatencyMeter(device, warmup=settings.latency.warmup)
+            meter = LatencyMeter(device, warmup=settings.latency.warmup, module=method)
             with SamplingPrecision(method) as precision:  # what the sampling ran in, read off the modules that ran
                 images = generate(method, prompts, indices, steps, settings, meter)
             warn_resolution_mismatch(suite.reference, images)
