@@ -12,10 +12,10 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
 4. the controls (`suite.controls`): a method experiment evaluated untrained (`python -m fastgen.evaluate
    experiment=<experiment> label=<method>@init`): the teacher sampled the method's way, the row that shows
    what training adds;
-5. the latency pass (`bench.latency`), after every cell and alone: the cells run with `eval.latency.enabled=false`
-   (two jobs sharing a CPU make identical work read 8 vs 4 ms), then this process re-measures the latency
-   columns of every row of the suite's experiments one sampling path at a time (`fastgen/eval/latency_pass.py`:
-   median of `bench.latency.repeats` batches at `eval.batch_size`, with device, threads and batch in the row).
+5. the latency pass (`bench.latency`), after every cell and alone: the cells, which may share the machine, run
+   with `eval.latency.enabled=false`; then this process re-measures the latency columns of every row of the
+   suite's experiments one sampling path at a time (`fastgen/eval/latency_pass.py`: median of
+   `bench.latency.repeats` batches at `eval.batch_size`, with device, threads and batch in the row).
    It runs again whenever a cell ran; `bench.latency.only=true` runs it alone on the current leaderboard.
 
 Finished cells are recorded in `runs/bench_<suite>/state.json` (written atomically) and skipped when the

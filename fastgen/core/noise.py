@@ -14,5 +14,6 @@ def randn_per_sample(shape, generator=None, device=None, dtype=torch.float32) ->
         rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
         noise = torch.stack(rows) if rows else torch.empty(shape, dtype=dtype)
     else:
-        noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device, dtype=dtype)
+        draw_on = generator.device if generator is not None else device
+        noise = torch.randn(shape, generator=generator, device=draw_on, dtype=dtype)
     return noise.to(device) if device is not None else noise
