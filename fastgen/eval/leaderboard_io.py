@@ -44,7 +44,8 @@ COLUMNS = (
 ADDED_LATER = ("train_seed", "clip_model", "aesthetic_sha256", "aesthetic_clip", "classifier_sha256",
                "latency_device", "latency_threads", "latency_batch", "latency_repeats")
 REQUIRED_COLUMNS = tuple(c for c in COLUMNS if c not in ADDED_LATER)  # every leaderboard fastgen has written
-INT_COLUMNS = ("steps", "nfe", "num_samples", "seed", "train_seed", "latency_threads", "latency_batch", "latency_repeats")
+INT_COLUMNS = ("steps", "nfe", "num_samples", "seed", "train_seed", "latency_threads", "latency_batch",
+               "latency_repeats")
 FLOAT_COLUMNS = ("guidance", "fid", "kid", "kid_std", "clip_score", "aesthetic_score", "prompt_accuracy",
                  "ms_per_image", "images_per_s", "peak_mem_mb")
 REAL_DATA = "real_data"
