@@ -1,5 +1,6 @@
 """Atomic text writes: write to a temporary file in the same folder, then `os.replace` it into place, so a
-reader never sees a half-written file (leaderboards, caches, state files, the README block)."""
+reader never sees a half-written file (leaderboards, caches, state files, the README block, CSV logs). A write
+that fails removes its temporary file."""
 
 import os
 from pathlib import Path
@@ -8,5 +9,8 @@ from pathlib import Path
 def write_text_atomic(path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

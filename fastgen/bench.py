@@ -11,7 +11,12 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
    baseline cell's).
 4. the controls (`suite.controls`): a method experiment evaluated untrained (`python -m fastgen.evaluate
    experiment=<experiment> label=<method>@init`): the teacher sampled the method's way, the row that shows
-   what training adds.
+   what training adds;
+5. the latency pass (`bench.latency`), after every cell and alone: the cells, which may share the machine, run
+   with `eval.latency.enabled=false`; then this process re-measures the latency columns of every row of the
+   suite's experiments one sampling path at a time (`fastgen/eval/latency_pass.py`: median of
+   `bench.latency.repeats` batches at `eval.batch_size`, with device, threads and batch in the row).
+   It runs again whenever a cell ran; `bench.latency.only=true` runs it alone on the current leaderboard.
 
 A suite with `variants` (name -> overrides, e.g. the points suite's two data shapes) runs every cell once per
 variant with its overrides, named `<cell>-<variant>`; `leaderboard`, `teacher_ready` and `readme` may then be
@@ -70,6 +75,7 @@ def plan(cfg: DictConfig) -> list[Cell]:
     """The suite's cells in execution order: teachers that have to be trained, baselines, methods (by seed), controls."""
     suite, bench = cfg.suite, cfg.bench
     python = [sys.executable, "-m"]
+    no_latency = ["eval.latency.enabled=false"] if bench.latency.enabled else []  # the latency pass measures it
     teachers, baselines, methods, controls = [], [], [], []
     variants = suite.get("variants") or {"": []}
     for variant, variant_overrides in variants.items():
@@ -83,7 +89,8 @@ def plan(cfg: DictConfig) -> list[Cell]:
                                                            "ckpt_path=last", *run_name, *overrides], "teacher"))
         if suite.get("baseline"):
             baselines.append(Cell(f"{suite.baseline}{tag}", [*python, "fastgen.evaluate", f"experiment={suite.baseline}",
-                                                             f"eval.leaderboard={board}", *variant_overrides], "baseline",
+                                                             f"eval.leaderboard={board}", *variant_overrides, *no_latency],
+                                  "baseline",
                                   replaces=lambda row, baseline=suite.baseline: row["experiment"] == baseline,
                                   leaderboard=board))
         # with a baseline cell, the method runs leave the baseline rows to it (no copies of them per method)
@@ -94,14 +101,15 @@ def plan(cfg: DictConfig) -> list[Cell]:
                 run_name = f"bench_{suite.name}/{name}"
                 methods.append((seed, Cell(name, [*python, "fastgen.fit", f"experiment={experiment}", f"seed={seed}",
                                                   f"run_name={run_name}", "ckpt_path=last", f"eval.leaderboard={board}",
-                                                  *no_baseline, *overrides], "method",
+                                                  *no_baseline, *no_latency, *overrides], "method",
                                            replaces=lambda row, prefix=f"{run_name}-": row["run_id"].startswith(prefix),
                                            leaderboard=board)))
         for experiment in suite.get("controls") or []:
             label = experiment.removesuffix(f"_{suite.name}") + CONTROL
             controls.append(Cell(f"{experiment}{tag}-init", [*python, "fastgen.evaluate", f"experiment={experiment}",
                                                              f"label={label}", "real_data=false",
-                                                             f"eval.leaderboard={board}", *overrides], "control",
+                                                             f"eval.leaderboard={board}", *no_latency, *overrides],
+                                 "control",
                                  replaces=lambda row, label=label: row["method"] == label, leaderboard=board))
     methods = [cell for _, cell in sorted(methods, key=lambda pair: list(bench.seeds).index(pair[0]))]  # seed-major
     return teachers + baselines + methods + controls
@@ -200,9 +208,38 @@ def _default_threads(jobs: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // jobs)
 
 
+def suite_experiments(suite) -> list[str]:
+    """The experiments whose rows the suite writes (baseline, methods, controls)."""
+    return list(dict.fromkeys([*([suite.baseline] if suite.get("baseline") else []), *suite.methods,
+                               *(suite.get("controls") or [])]))
+
+
+def latency_pass(cfg: DictConfig, state: State, boards: dict[str, str]) -> None:
+    """Re-measure the latency of the suite's rows in this process, alone (fastgen/eval/latency_pass.py), each
+    variant's leaderboard with that variant's overrides."""
+    from fastgen.eval.latency_pass import measure_leaderboard
+
+    latency = cfg.bench.latency
+    threads = latency.threads or len(os.sched_getaffinity(0))
+    start = time.monotonic()
+    rows = 0
+    for variant, board in boards.items():
+        if not Path(board).is_file():
+            continue
+        print(f"[bench] latency pass over {board}: one sampling path at a time, {threads} threads, "
+              f"median of {latency.repeats}", flush=True)
+        variant_overrides = list((cfg.suite.get("variants") or {}).get(variant) or [])
+        rows += measure_leaderboard(board, suite_experiments(cfg.suite), [*variant_overrides, *cfg.bench.overrides],
+                                    repeats=latency.repeats, warmup=latency.warmup, threads=threads,
+                                    device=latency.device)
+    state.finish(Cell("latency", [], "latency"), time.monotonic() - start)
+    print(f"[bench] latency of {rows} rows re-measured in {_clock(time.monotonic() - start)}", flush=True)
+
+
 def run_suite(cfg: DictConfig) -> int:
-    """Plan and run the suite, then write the leaderboard table and plots; the exit status."""
-    cells = plan(cfg)
+    """Plan and run the suite and its latency pass, then write the leaderboard table and plots; the exit status."""
+    latency = cfg.bench.latency
+    cells = [] if latency.only else plan(cfg)
     bench_dir = Path(cfg.paths.runs_dir) / f"bench_{cfg.suite.name}"
     jobs = max(1, int(cfg.bench.jobs))
     threads = cfg.bench.threads or _default_threads(jobs)
@@ -213,9 +250,15 @@ def run_suite(cfg: DictConfig) -> int:
     if cfg.bench.dry_run:
         for cell in cells:
             print(f"  {cell.kind:8s} {cell.name}: {' '.join(cell.command[2:])}")
+        if latency.enabled:
+            print("  then the latency pass over the leaderboard's rows, alone")
         return 0
     start = time.monotonic()
-    failed = run_cells(cells, State(bench_dir / "state.json"), bench_dir / "logs", jobs, threads)
+    state = State(bench_dir / "state.json")
+    ran_cells = any(c.name not in state.done for c in cells)
+    failed = run_cells(cells, state, bench_dir / "logs", jobs, threads)
+    if latency.enabled and (latency.only or ran_cells or "latency" not in state.done):
+        latency_pass(cfg, state, boards)
     print(f"[bench] suite {cfg.suite.name} took {_clock(time.monotonic() - start)} this time", flush=True)
     for variant, board in boards.items():
         if Path(board).is_file():

@@ -28,7 +28,27 @@ def cache_latents(data, backbone, out, model_id, resolution=512, batch_size=8, s
         out_dir=out,
         shard_size=shard_size,
         fingerprint=fingerprint,
+        resolution=resolution,
     )
+
+
+def pick_device(parser, name):
+    """The torch device to encode on: `name`, or cuda when there is one, else cpu; a device that does not exist
+    here ends the command with one line."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        parser.exit(2, f"error: --device {name}: {e}\n")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        parser.exit(2, f"error: --device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                       "use --device cpu or leave --device out\n")
+    if device.type not in ("cuda", "cpu"):
+        parser.exit(2, f"error: --device {name}: use cuda, cuda:N or cpu\n")
+    return device
 
 
 def main(argv=None):
@@ -41,8 +61,9 @@ def main(argv=None):
     parser.add_argument("--shard-size", type=int, default=1024)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if there is one, else cpu)")
     args = parser.parse_args(argv)
+    device = pick_device(parser, args.device)
 
     from fastgen.networks import MissingWeightsError, build_pretrained
 
@@ -50,7 +71,7 @@ def main(argv=None):
         backbone = build_pretrained(args.pretrained, dtype=args.dtype, config_key="--pretrained")
         index = cache_latents(
             args.data,
-            backbone.to(args.device).eval(),
+            backbone.to(device).eval(),
             args.out,
             model_id=f"{args.pretrained} ({args.dtype})",
             resolution=args.resolution,

@@ -1,9 +1,11 @@
 """`python -m fastgen.doctor experiment=NAME [key=value ...]`: every asset the experiment needs, before a long run.
 
-For each asset -- backbone weights, teacher, Inception (FID/KID), reference statistics, CLIP, aesthetic
-predictor, digit classifier, prompt set, W&B credentials -- it prints where it was looked for, whether it was
-found, and the config key to set. Missing backbone/teacher weights or W&B credentials stop a run (exit 1);
-a missing metric asset only leaves that metric empty (reported, exit 0).
+For each asset -- backbone weights, teacher, Inception (FID/KID), the FID reference (the COCO folder under
+eval.coco_root: annotations valid and an image for every caption entry used; else the data module's held-out
+split) and its statistics file, CLIP, aesthetic predictor, digit classifier, prompt set, W&B credentials -- it
+prints where it was looked for, whether it was found, and the config key to set. Missing backbone/teacher
+weights, an FID reference the evaluation could not build, or W&B credentials stop a run (exit 1); a missing
+metric asset only leaves that metric empty (reported, exit 0).
 """
 
 import sys
@@ -13,6 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from fastgen.config import CONFIG_PATH, register_resolvers
+from fastgen.data.errors import DataError
 
 register_resolvers()
 
@@ -55,7 +58,7 @@ def metric_lines(cfg):
     if settings.fid.enabled:
         lookup = lookup_inception_weights(settings.fid.weights)
         lines.append(_line(lookup.found is not None, "Inception (FID/KID)", lookup.describe()))
-        lines.append(reference_line(cfg, settings, lookup.found))
+        lines += reference_lines(cfg, settings, lookup.found)
     for enabled, name, model, pretrained, key in (
         (settings.clip.enabled, "CLIP score", settings.clip.model, settings.clip.pretrained, "eval.clip.pretrained"),
         (settings.aesthetic.enabled, "aesthetic CLIP", settings.aesthetic.clip_model,
@@ -70,33 +73,87 @@ def metric_lines(cfg):
     if settings.prompt_accuracy.enabled:
         path = Path(settings.prompt_accuracy.weights or SHIPPED_WEIGHTS)
         lines.append(_line(path.is_file(), "digit classifier", f"{path}; set eval.prompt_accuracy.weights=/path"))
-    if settings.prompts is not None:
-        from fastgen.data.prompts import load_prompt_set
-
-        try:
-            lines.append(_line(True, "prompt set", f"{settings.prompts}: {len(load_prompt_set(settings.prompts))} prompts"))
-        except Exception as e:  # DataError / FileNotFoundError: report, do not crash the doctor
-            lines.append(_line(False, "prompt set", f"{e}; set eval.prompts", required=True))
+    lines += prompt_lines(settings)
     return lines
 
 
-def reference_line(cfg, settings, inception_path):
-    """Where the reference statistics are (or will be written on first use)."""
+def prompt_lines(settings):
+    """The evaluation prompts: the COCO folder's captions under eval.coco_root, else the named prompt set."""
+    if settings.coco_root:
+        from fastgen.data.coco import coco_prompts
+
+        try:
+            return [_line(True, "prompt set", f"the first captions of the {len(coco_prompts(settings))} COCO images")]
+        except DataError as e:
+            return [_line(False, "prompt set", str(e), required=True)]
+    if settings.prompts is None:
+        return []
+    from fastgen.data.prompts import load_prompt_set
+
+    try:
+        return [_line(True, "prompt set", f"{settings.prompts}: {len(load_prompt_set(settings.prompts))} prompts")]
+    except Exception as e:  # DataError / FileNotFoundError: report, do not crash the doctor
+        return [_line(False, "prompt set", f"{e}; set eval.prompts", required=True)]
+
+
+def coco_line(settings, resolution):
+    """Whether the COCO folder is complete: annotations valid, an image for every caption entry used."""
+    from fastgen.data.coco import STANDARD_PROMPT_SET, CocoVal
+
+    coco, n = CocoVal(settings.coco_root, resolution), settings.num_samples
+    try:
+        coco.used(n)
+    except DataError as e:
+        return _line(False, "COCO reference (eval.coco_root)", str(e), required=True)
+    standard = (f"= the shipped {STANDARD_PROMPT_SET} list" if coco.standard_prompts_match(n) else
+                f"differ from the shipped {STANDARD_PROMPT_SET} list: not the standard COCO-5k protocol")
+    return _line(True, "COCO reference (eval.coco_root)",
+                 f"{coco.root}: {coco.annotations.name} valid, {len(coco.entries())} captioned images, all {n} "
+                 f"used present; their first captions {standard}")
+
+
+def _data_resolution(cfg):
+    """data.resolution from the config, else the data module class's own (MNIST: 32), else None."""
     from hydra.utils import get_class
 
+    resolution = OmegaConf.select(cfg, "data.resolution", default=None, throw_on_resolution_failure=False)
+    if resolution is None and cfg.get("data") and "_target_" in cfg.data:
+        resolution = getattr(get_class(cfg.data._target_), "resolution", None)
+    return resolution if isinstance(resolution, int) else None
+
+
+def reference_lines(cfg, settings, inception_path):
+    """The FID reference: an explicit file, else COCO (is the folder complete?) or the data module's split, and
+    where its statistics are cached (or will be written on first use)."""
+    from hydra.utils import instantiate
+
     from fastgen.eval.assets import sha256_file
-    from fastgen.eval.reference import reference_path
+    from fastgen.eval.reference import reference_path, reference_source, reference_spec
 
     if settings.fid.reference:
         path = Path(settings.fid.reference)
-        return _line(path.is_file(), "reference statistics", f"{path}; set eval.fid.reference=/path.npz")
-    data_cls = get_class(cfg.data._target_) if cfg.get("data") and "_target_" in cfg.data else None
-    if inception_path is None or not (hasattr(data_cls, "name") and hasattr(data_cls, "resolution")):
-        return _line(True, "reference statistics", f"computed on first use under {settings.cache_dir}")
-    path = reference_path(settings.cache_dir, data_cls.name, settings.fid.reference_split, data_cls.resolution,
-                          settings.num_samples, sha256_file(inception_path))
+        return [_line(path.is_file(), "reference statistics", f"{path}; set eval.fid.reference=/path.npz")]
+    lines = []
+    try:
+        if settings.coco_root:
+            resolution = settings.resolution or _data_resolution(cfg)
+            lines.append(coco_line(settings, resolution))
+            if not lines[-1][0]:
+                return lines
+            settings.resolution = resolution
+            datamodule = None
+        else:
+            datamodule = instantiate(cfg.data, _convert_="all")
+        source, split = reference_source(settings, datamodule)
+        if inception_path is None:
+            return lines + [_line(True, "reference statistics", f"computed on first use under {settings.cache_dir}")]
+        path = reference_path(settings.cache_dir, reference_spec(source, split, settings.num_samples)[0],
+                              sha256_file(inception_path))
+    except Exception as e:  # noqa: BLE001 - DataError, a data.root still ???, ...: report it, do not crash
+        cause = e.__cause__ or e
+        return lines + [_line(False, "reference statistics", str(cause).splitlines()[0], required=True)]
     state = "cached" if path.is_file() else "computed on first use (once) at"
-    return _line(True, "reference statistics", f"{state} {path}")
+    return lines + [_line(True, "reference statistics", f"{state} {path}")]
 
 
 def wandb_lines(cfg):

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.config import CONFIG_PATH, register_resolvers, user_errors
+from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
 
 register_resolvers()
 
@@ -39,7 +39,8 @@ def build_method(cfg, device):
 
 
 def evaluate(cfg):
-    from fastgen.eval.leaderboard_table import metric_table, summarise, to_markdown
+    from fastgen.eval.leaderboard_io import rows_frame
+    from fastgen.eval.leaderboard_table import protocol_sections, summarise
     from fastgen.eval.metrics import MetricSuite
     from fastgen.eval.run_eval import real_data_row, run_eval
     from fastgen.eval.settings import eval_settings
@@ -59,12 +60,10 @@ def evaluate(cfg):
                         run_id=f"{experiment or method.name}-{Path(cfg.ckpt).stem if cfg.ckpt else 'eval'}",
                         checkpoint=str(cfg.ckpt or ""), train_seed=config.get("seed"), suite=suite,
                         label=cfg.label)
-    if cfg.real_data:
-        rows.append(real_data_row(datamodule, settings, experiment=experiment, suite=suite))
-    import pandas as pd
-
-    table = metric_table(summarise(pd.DataFrame(rows)), "fid")
-    print(to_markdown(table) if table is not None else pd.DataFrame(rows).to_string())
+    floor = real_data_row(datamodule, settings, experiment=experiment, suite=suite) if cfg.real_data else None
+    if floor:
+        rows.append(floor)
+    print("\n".join(protocol_sections(summarise(rows_frame(rows)), ("fid",))).rstrip())
     print(f"\n[fastgen] {len(rows)} rows appended to {settings.leaderboard}")
     return rows
 
@@ -76,6 +75,7 @@ def main(cfg: DictConfig) -> None:
             from fastgen.doctor import report
 
             sys.exit(report(cfg))
+        validate_config(cfg, train=False, built=not cfg.ckpt)  # eval.* before any model is loaded
         evaluate(cfg)
 
 

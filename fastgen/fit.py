@@ -1,8 +1,9 @@
 """`python -m fastgen.fit experiment=NAME key=value ...`: train (and evaluate) one experiment.
 
-Wiring only: build the backbone, the method, the data module, callbacks and loggers from the
-Hydra config, then `trainer.fit`. Outputs go to `runs/<run_name>/` (config, checkpoints, logs,
-samples, leaderboard rows).
+Wiring only: check the config and the run folder (fastgen.config, fastgen.run_folder), build the backbone, the
+method, the data module, callbacks and loggers from the Hydra config, then `trainer.fit`. Outputs go to
+`runs/<run_name>/` (config.yaml, checkpoints, logs, samples, and the evaluation's leaderboard rows unless
+`eval.leaderboard` names another CSV).
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ import warnings
 
 import hydra
 import lightning as L
+from pathlib import Path
+
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.config import CONFIG_PATH, register_resolvers, user_errors
-from fastgen.training import AtomicCheckpointIO, FSDP2Strategy, ResumableCSVLogger, StopAtKimg, resolve_ckpt_path
+from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
+from fastgen.run_folder import (checkpoints_dir, refuse_fresh_run_over_old, remove_interrupted_saves,
+                                resolve_ckpt_path, write_run_config)
+from fastgen.training import (AtomicCheckpointIO, CheckpointOnStop, FSDP2Strategy, ResumableCSVLogger, ResumeState,
+                              StopAtKimg)
 
 register_resolvers()
 # Two Lightning warnings that describe intended behaviour: frozen teachers and EMA copies stay in eval mode, and
@@ -25,13 +32,18 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
-def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, own_checkpoint: bool = True) -> list[L.Callback]:
+    """The configured callbacks, then (in this order) the kimg stop, the resume state, the checkpoint at the stop
+    and the evaluation: the last weights are saved before the end-of-training evaluation scores them.
+    `own_checkpoint`: resuming from this run's checkpoint (so the run's CSV log is continued from it)."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks.append(StopAtKimg(cfg.trainer.get("max_kimg")))
+    callbacks += [StopAtKimg(cfg.trainer.get("max_kimg")), ResumeState(log=own_checkpoint), CheckpointOnStop()]
     if cfg.eval.get("enabled", False):
         from fastgen.eval.callback import FewStepEval
 
-        callbacks.append(FewStepEval(OmegaConf.to_container(cfg.eval, resolve=True)))
+        settings = OmegaConf.to_container(cfg.eval, resolve=True)
+        settings["leaderboard"] = settings.get("leaderboard") or str(Path(cfg.paths.output_dir) / "leaderboard.csv")
+        callbacks.append(FewStepEval(settings))
     return callbacks
 
 
@@ -45,25 +57,38 @@ def build_trainer(cfg: DictConfig, callbacks, method: L.LightningModule, resume:
         trainer_cfg["strategy"] = "ddp_find_unused_parameters_true"
     logger = False
     if cfg.get("logger") and "_target_" in cfg.logger:
-        if cfg.logger._target_.endswith("WandbLogger"):
-            from fastgen.eval.wandb_log import check_wandb_ready
-
-            check_wandb_ready(offline=cfg.logger.get("offline", False))  # before any run is created
         logger = instantiate(cfg.logger)
         if isinstance(logger, ResumableCSVLogger):  # a resumed run continues its metrics.csv
             logger.append = resume
     return instantiate(trainer_cfg, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
 
 
-def run(cfg: DictConfig) -> L.LightningModule:
-    L.seed_everything(cfg.seed, workers=True)
+def prepare_run_folder(cfg: DictConfig) -> str | None:
+    """Check the config and the run folder before anything is built; the checkpoint to resume from (or None)."""
+    validate_config(cfg)
     output_dir = cfg.paths.output_dir
+    if rank_zero_only.rank == 0:
+        refuse_fresh_run_over_old(output_dir, cfg.ckpt_path)
+        if str(OmegaConf.select(cfg, "logger._target_", default="")).endswith("WandbLogger"):
+            from fastgen.eval.wandb_log import check_wandb_ready
+
+            check_wandb_ready(offline=cfg.logger.get("offline", False), verify=True)  # before any W&B run exists
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    if rank_zero_only.rank == 0:
+        remove_interrupted_saves(output_dir)
+        write_run_config(output_dir, OmegaConf.to_yaml(cfg, resolve=True))
+    return ckpt_path
+
+
+def run(cfg: DictConfig) -> L.LightningModule:
+    ckpt_path = prepare_run_folder(cfg)
+    L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.model)  # missing weights fail here, before anything trains
     method = instantiate(cfg.method, backbone=backbone, _convert_="all")
     method.run_config = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, _convert_="all")
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
-    trainer = build_trainer(cfg, build_callbacks(cfg), method, resume=ckpt_path is not None)
+    own = ckpt_path is not None and Path(ckpt_path).resolve().parent == checkpoints_dir(cfg.paths.output_dir).resolve()
+    trainer = build_trainer(cfg, build_callbacks(cfg, own_checkpoint=own), method, resume=ckpt_path is not None)
     if datamodule.batch_size % trainer.world_size:
         raise ValueError(f"data.batch_size={datamodule.batch_size} (global) is not divisible by {trainer.world_size} devices")
     datamodule.batch_size //= trainer.world_size

@@ -67,9 +67,12 @@ def test_a_cell_that_runs_again_replaces_its_earlier_rows_and_only_those(tmp_pat
     cells = {c.name: c for c in plan(cfg)}
     board = tmp_path / "board.csv"
     append_rows(board, [
-        {"run_id": "bench_mnist/ufogen_mnist-seed0-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 1},
-        {"run_id": "bench_mnist/ufogen_mnist-seed1-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 2},
-        {"run_id": "dpm_solver-0f5846b31c64", "experiment": "dpm_solver_mnist", "fid": 3},
+        {"run_id": "bench_mnist/ufogen_mnist-seed0-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 1,
+         "method": "ufogen", "steps": 1},
+        {"run_id": "bench_mnist/ufogen_mnist-seed1-2026-11-22T07:16:28", "experiment": "ufogen_mnist", "fid": 2,
+         "method": "ufogen", "steps": 1},
+        {"run_id": "dpm_solver-0f5846b31c64", "experiment": "dpm_solver_mnist", "fid": 3, "method": "dpm_solver",
+         "steps": 1},
     ])
     rerun = [Cell("ufogen_mnist-seed0", [sys.executable, "-c", "pass"], "method", cells["ufogen_mnist-seed0"].replaces)]
     assert run_cells(rerun, State(tmp_path / "state.json"), tmp_path / "logs", leaderboard=board) == []
@@ -115,7 +118,40 @@ def test_cells_drop_their_earlier_rows_from_their_own_leaderboard(tmp_path):
 
     grid, patterns = tmp_path / "grid.csv", tmp_path / "patterns.csv"
     for board in (grid, patterns):
-        append_rows(board, [{"run_id": "bench_points/x-seed0-1", "experiment": "x", "fid": 1}])
+        append_rows(board, [{"run_id": "bench_points/x-seed0-1", "experiment": "x", "method": "x", "steps": 1, "fid": 1}])
     cell = Cell("x", [sys.executable, "-c", "pass"], "method", lambda row: row["experiment"] == "x", str(grid))
     assert run_cells([cell], State(tmp_path / "state.json"), tmp_path / "logs", leaderboard=patterns) == []
     assert read_leaderboard(grid).empty and len(read_leaderboard(patterns)) == 1
+
+
+def test_cells_leave_latency_to_the_quiet_pass_that_runs_after_them(tmp_path, monkeypatch):
+    import fastgen.eval.latency_pass
+    from fastgen.bench import run_suite
+    from fastgen.eval.leaderboard_io import append_rows
+
+    cfg = _bench_cfg([f"paths.runs_dir={tmp_path}"])
+    assert all("eval.latency.enabled=false" in c.command for c in plan(cfg) if c.kind != "teacher")
+    off = _bench_cfg([f"paths.runs_dir={tmp_path}", "bench.latency.enabled=false"])
+    assert not any("eval.latency.enabled=false" in c.command for c in plan(off))
+
+    calls = []
+    monkeypatch.setattr(fastgen.eval.latency_pass, "measure_leaderboard",
+                        lambda board, experiments, overrides, **kw: calls.append((experiments, kw)) or 0)
+    board = tmp_path / "board.csv"
+    append_rows(board, [{"run_id": "a", "experiment": "ufogen_mnist", "method": "ufogen", "steps": 1, "nfe": 1,
+                         "guidance": 0.0, "num_samples": 10, "fid": 1.0}])
+    only = [f"paths.runs_dir={tmp_path}", f"suite.leaderboard={board}", "suite.readme=null", "bench.latency.only=true",
+            "bench.latency.threads=1"]
+    assert run_suite(_bench_cfg(only)) == 0
+    assert calls[0][0] == ["dpm_solver_mnist", "ufogen_mnist", "ddgan_mnist", "siddm_mnist", "lcm_mnist",
+                           "lcm_lora_mnist", "tscd_mnist"]
+    assert calls[0][1]["threads"] == 1 and calls[0][1]["repeats"] == 5
+    # every cell finished and the pass done: nothing runs again; a cell that runs again brings the pass back
+    cells = {c.name: c for c in plan(cfg)}
+    state = State(tmp_path / "bench_mnist" / "state.json")
+    for cell in cells.values():
+        state.finish(cell, 1.0)
+    idle = [f"paths.runs_dir={tmp_path}", f"suite.leaderboard={board}", "suite.readme=null"]
+    assert run_suite(_bench_cfg(idle)) == 0 and len(calls) == 1
+    monkeypatch.setattr("fastgen.bench.plan", lambda cfg: [Cell("redo", [sys.executable, "-c", "pass"], "method")])
+    assert run_suite(_bench_cfg(idle)) == 0 and len(calls) == 2

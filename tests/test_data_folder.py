@@ -138,3 +138,39 @@ def test_unreadable_image_named_when_loaded(tmp_path):
 def test_batch_larger_than_folder(folder):
     with pytest.raises(DataError, match="data.batch_size=8"):
         ImageTextFolderDataModule(folder, resolution=16, batch_size=8).train_dataloader()
+
+
+def numbered_folder(root, n):
+    images = {f"{i}.png": Image.new("RGB", (8, 8), (i, i, i)) for i in range(n)}
+    return write_folder(root, [{"file_name": f"{i}.png", "text": f"caption {i}"} for i in range(n)], images)
+
+
+def test_heldout_split_is_seeded_disjoint_and_keeps_metadata_order(tmp_path):
+    root = numbered_folder(tmp_path / "d", 10)
+    dm = ImageTextFolderDataModule(root, resolution=8, batch_size=1, heldout_fraction=0.3, split_seed=0)
+    dm.setup()
+    train, heldout = dm.splits["train"], dm.splits["heldout"]
+    assert len(heldout) == 3 and len(train) == 7 and sorted(train + heldout) == sorted(dm.items)
+    assert train == [item for item in dm.items if item in train]  # metadata order within each split
+    again = ImageTextFolderDataModule(root, resolution=8, heldout_fraction=0.3, split_seed=0)
+    again.setup()
+    assert again.splits == dm.splits
+    other_seeds = [ImageTextFolderDataModule(root, resolution=8, heldout_fraction=0.3, split_seed=s) for s in (1, 2)]
+    assert any((m.setup(), m.splits["heldout"])[1] != heldout for m in other_seeds)
+
+    assert len(dm.train_dataloader().dataset) == 7 and dm.split_size("heldout") == 3
+    grey = [int(path.stem) for path, _ in heldout]
+    assert dm.reference_images("heldout")[:, 0, 0, 0].tolist() == grey  # image k of the split is its k-th item
+    assert sorted(set(dm.eval_prompts(6))) == sorted(f"caption {i}" for i in grey)  # prompts of held-out images
+
+
+def test_heldout_fraction_bounds_and_the_folder_without_one(tmp_path):
+    root = numbered_folder(tmp_path / "d", 4)
+    assert ImageTextFolderDataModule(root, resolution=8).reference_images().shape[0] == 4  # all train
+    with pytest.raises(DataError, match=r"no held-out split .*data\.heldout_fraction=0\.1"):
+        ImageTextFolderDataModule(root, resolution=8).reference_images("heldout")
+    for bad in (1.0, -0.1):
+        with pytest.raises(DataError, match="data.heldout_fraction"):
+            ImageTextFolderDataModule(root, resolution=8, heldout_fraction=bad).setup()
+    small = ImageTextFolderDataModule(root, resolution=8, heldout_fraction=0.01)  # rounds to 0: one is held out
+    assert small.split_size("heldout") == 1 and small.split_size("train") == 3

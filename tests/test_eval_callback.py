@@ -71,6 +71,20 @@ def test_callback_evaluates_every_kimg_and_logs_offline_wandb(tmp_path):
     assert len(list((tmp_path / "samples").glob("fake-1step-kimg*.png"))) == 2
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_rows_record_the_precision_sampling_ran_in_not_the_trainers_flag(tmp_path):
+    """Under bf16-mixed the callback samples outside autocast with the fp32 weights: the rows say fp32."""
+    cfg = {"num_samples": 4, "batch_size": 4, "steps": [1], "clip": {"enabled": False}, "aesthetic": {"enabled": False},
+           "fid": {"kid_subsets": 2}, "latency": {"enabled": False}, "grids": False,
+           "cache_dir": str(tmp_path / "cache"), "leaderboard": str(tmp_path / "board.csv")}
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", precision="bf16-mixed", logger=False, callbacks=[FewStepEval(cfg)],
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(TrainableFake(), datamodule=TrainableData())
+    board = read_leaderboard(tmp_path / "board.csv")
+    assert board.loc[board["method"] == "fake", "precision"].tolist() == ["fp32"]
+
+
 def test_check_wandb_ready_needs_a_key_only_online(tmp_path, monkeypatch):
     for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
@@ -79,7 +93,7 @@ def test_check_wandb_ready_needs_a_key_only_online(tmp_path, monkeypatch):
     with pytest.raises(WandbNotReadyError, match="WANDB_MODE=offline"):
         check_wandb_ready()
     check_wandb_ready(offline=True)
-    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef0123456789abcdef01234567\n")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     check_wandb_ready()
     monkeypatch.setenv("WANDB_MODE", "offline")

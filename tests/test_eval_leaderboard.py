@@ -1,60 +1,60 @@
-"""Leaderboard CSV: no row lost under concurrent writers; the CLI's table, Markdown and plots."""
+"""Leaderboard tables: one per protocol (rows of different protocols never merge), each seed's final checkpoint
+unless a selection is declared, series kept apart by experiment/guidance/precision, one precision vocabulary,
+a colour and marker per series; the CLI's table, Markdown, plots and README block."""
 
-import multiprocessing as mp
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from fastgen.eval.leaderboard_io import COLUMNS, append_rows, read_leaderboard
-from fastgen.eval.leaderboard_table import metric_table, summarise
+from fastgen.eval.fingerprint import SamplingPrecision, normalise_precision
+from fastgen.eval.leaderboard_io import append_rows, read_leaderboard
+from fastgen.eval.leaderboard_table import metric_table, summarise, summary_markdown
 from fastgen.leaderboard import main
 
-
-def _writer(path, writer, n):
-    for i in range(n):
-        append_rows(path, [{"run_id": f"w{writer}", "method": "m", "steps": i, "fid": writer + i / 100}])
-
-
-def test_concurrent_writers_lose_no_row(tmp_path):
-    path = str(tmp_path / "board.csv")
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(path, w, 8)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    board = read_leaderboard(path)
-    assert len(board) == 32 and sorted(board.groupby("run_id").size().tolist()) == [8] * 4
-    assert list(board.columns)[:len(COLUMNS)] == list(COLUMNS)
-    assert not list(tmp_path.glob(".*.tmp"))
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "benchmarks/leaderboards/mnist.csv"
 
 
 def _row(method, steps, fid, seed=0, experiment="e", ms=None, **extra):
     return {"run_id": f"{method}-{seed}", "experiment": experiment, "method": method, "steps": steps, "nfe": steps,
-            "fid": fid, "seed": 0, "train_seed": seed, "num_samples": 500, "ms_per_image": ms, "timestamp": f"t{seed}", **extra}
+            "fid": fid, "seed": 0, "train_seed": seed, "num_samples": 500, "ms_per_image": ms, "dataset": "mnist",
+            "reference": "mnist-ref", "timestamp": f"t{seed}", "precision": "fp32", **extra}
 
 
 @pytest.fixture
 def board(tmp_path):
-    rows = [_row("real_data", None, 18.0, nfe=0)]
+    rows = [_row("real_data", None, 18.0, nfe=0, precision="")]
     rows += [_row("dpm_solver", s, f, ms=10.0 * s, prompt_accuracy=0.5 + s / 100)
              for s, f in [(1, 350), (2, 272), (4, 175), (8, 173), (25, 154)]]
-    rows += [_row("ufogen", 1, 40.0, seed=0, ms=10.0), _row("ufogen", 1, 44.0, seed=1, ms=11.0),
-             _row("ufogen", 1, 90.0, seed=1, ms=11.0, checkpoint="early"),  # a worse checkpoint of seed 1
-             _row("ufogen", 2, 35.0, ms=20.0), _row("ufogen", 2, 80.0, experiment="other", ms=20.0)]
+    rows += [_row("ufogen", 1, 40.0, seed=0, ms=10.0, checkpoint="kimg=20.000"),
+             _row("ufogen", 1, 30.0, seed=1, ms=11.0, checkpoint="kimg=10.000"),  # seed 1's best, not its final
+             _row("ufogen", 1, 44.0, seed=1, ms=11.0, checkpoint="kimg=20.000"),
+             _row("ufogen", 2, 35.0, ms=20.0, checkpoint="kimg=20.000")]
     path = tmp_path / "mnist.csv"
     append_rows(path, rows)
     return path
 
 
-def test_summary_takes_best_row_per_seed_and_averages_seeds(board):
-    summary = summarise(read_leaderboard(board)).set_index(["method", "steps"])
-    assert summary.loc[("ufogen", 1), "fid"] == pytest.approx(42.0)
+def test_summary_uses_each_seeds_final_checkpoint_unless_a_selection_is_declared(board):
+    summary = summarise(read_leaderboard(board)).set_index(["series", "steps"])
+    assert summary.loc[("ufogen", 1), "fid"] == pytest.approx(42.0)  # seeds' final rows 40 and 44, not the best 30
     assert summary.loc[("ufogen", 1), "fid_std"] == pytest.approx(pd.Series([40.0, 44.0]).std())
-    assert summary.loc[("ufogen", 1), "n_seeds"] == 2
-    assert summary.loc[("ufogen", 2), "fid"] == 35.0 and summary.loc[("ufogen", 2), "experiment"] == "e"
+    assert summary.loc[("ufogen", 1), "n_seeds"] == 2 and summary.loc[("ufogen", 2), "fid"] == 35.0
     assert summary.loc[("real_data", "real"), "fid"] == 18.0
+    best = summarise(read_leaderboard(board), select="best:fid")
+    assert best.set_index(["series", "steps"]).loc[("ufogen", 1), "fid"] == pytest.approx(35.0)
+    assert "best checkpoint on fid (a declared selection" in summary_markdown(best, "mnist.csv")
+    with pytest.raises(ValueError, match="best:<metric>"):
+        summarise(read_leaderboard(board), select="best:nonsense")
+
+
+def test_a_seed_rerun_counts_its_latest_run(board):
+    append_rows(board, [_row("ufogen", 2, 60.0, checkpoint="kimg=5.000", run_id="ufogen-0-rerun", timestamp="t9")])
+    summary = summarise(read_leaderboard(board)).set_index(["series", "steps"])
+    assert summary.loc[("ufogen", 2), "fid"] == 60.0 and summary.loc[("ufogen", 2), "n_seeds"] == 1
 
 
 def test_tables_list_the_baselines_then_the_data_floor_then_the_methods_in_a_fixed_order(board):
@@ -64,13 +64,89 @@ def test_tables_list_the_baselines_then_the_data_floor_then_the_methods_in_a_fix
     assert list(table.index) == ["dpm_solver", "dpm_solver_sde", "real_data", "ufogen", "siddm", "tscd", "my_method"]
 
 
+def test_one_method_in_two_experiments_guidances_or_precisions_is_two_series(board):
+    append_rows(board, [_row("ufogen", 2, 80.0, experiment="other"),
+                        _row("lcm", 4, 50.0, guidance=2.0), _row("lcm", 4, 45.0, guidance=4.5),
+                        _row("tscd", 4, 60.0, precision="32-true"), _row("tscd", 4, 61.0, precision="bf16", seed=1)])
+    table = metric_table(summarise(read_leaderboard(board)), "fid")
+    assert table.loc["ufogen [experiment=e]", "2 steps"] == "35.00"
+    assert table.loc["ufogen [experiment=other]", "2 steps"] == "80.00"
+    assert table.loc["lcm [guidance=2.0]", "4 steps"] == "50.00" and table.loc["lcm [guidance=4.5]", "4 steps"] == "45.00"
+    assert table.loc["tscd [precision=bf16]", "4 steps"] == "61.00"  # not averaged with the fp32 row
+    assert table.loc["tscd [precision=fp32]", "4 steps"] == "60.00"  # '32-true' read as fp32
+
+
+def test_a_row_of_another_protocol_never_merges_into_a_cell(tmp_path):
+    """The audit's case: one UFOGen row from another dataset at n=100 turned the committed 1-step cell
+    (217.97 ± 2.5 over two seeds) into '110.6 ± 149'."""
+    csv_path = tmp_path / "mnist.csv"
+    shutil.copy(COMMITTED, csv_path)
+    before = metric_table(summarise(read_leaderboard(csv_path)), "fid").loc["ufogen", "1 step"]
+    append_rows(csv_path, [_row("ufogen", 1, 4.97, seed=0, experiment="ufogen_mnist", dataset="cifar10",
+                                num_samples=100, reference="cifar10-test-32px-n100.npz", timestamp="2026-12-06")])
+    summary = summarise(read_leaderboard(csv_path))
+    assert summary["protocol"].nunique() == 2
+    mnist, other = [pid for pid in dict.fromkeys(summary["protocol"])]
+    assert metric_table(summary, "fid", mnist).loc["ufogen", "1 step"] == before == "217.97 ± 2.5"
+    assert metric_table(summary, "fid", other).loc["ufogen", "1 step"] == "4.97"
+    with pytest.raises(ValueError, match="2 protocols"):
+        metric_table(summary, "fid")
+    markdown = summary_markdown(summary, "mnist.csv")
+    assert "holds 2 evaluation protocols" in markdown and "dataset cifar10; 100 samples" in markdown
+    out = tmp_path / "out"
+    assert main([str(csv_path), "--out", str(out)]) == 0
+    assert {p.name for p in out.glob("mnist_*_fid_vs_steps.png")} == {f"mnist_{mnist}_fid_vs_steps.png",
+                                                                     f"mnist_{other}_fid_vs_steps.png"}
+
+
+def test_precision_is_what_sampling_ran_in_in_one_vocabulary():
+    assert [normalise_precision(p) for p in ("32-true", "fp32", "bf16-mixed", "16-mixed", "bf16-true", "")] == \
+        ["fp32", "fp32", "fp32", "fp32", "bf16", ""]
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        normalise_precision("fp8")
+    nets = torch.nn.ModuleDict({"generator": torch.nn.Linear(2, 2), "vae": torch.nn.Linear(2, 2).bfloat16(),
+                                "teacher": torch.nn.Linear(2, 2).half()})  # the teacher never runs in sampling
+    x = torch.ones(1, 2)
+    with SamplingPrecision(nets) as precision:
+        nets["generator"](x)
+    assert precision.name == "fp32"
+    with SamplingPrecision(nets) as precision:
+        nets["vae"](nets["generator"](x).bfloat16())
+        nets["generator"](x)
+    assert precision.name == "bf16+fp32"
+    with SamplingPrecision(nets) as precision, torch.autocast("cpu", dtype=torch.bfloat16):
+        nets["generator"](x)
+    assert precision.name == "bf16-autocast"
+    assert all(not m._forward_pre_hooks for m in nets.modules())  # nothing left behind
+
+
+def test_every_series_has_its_own_colour_and_marker(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from fastgen.eval.plots import draw_metric, series_styles
+
+    styles = series_styles([f"m{i}" for i in range(126)])
+    assert len(set(styles.values())) == 126 and len({c for c, _ in list(styles.values())[:18]}) == 18
+    rows = [_row(f"method{i}", s, 100.0 - i - s) for i in range(14) for s in (1, 2)]
+    path = tmp_path / "b.csv"
+    append_rows(path, rows)
+    fig, ax = plt.subplots()
+    draw_metric(ax, summarise(read_leaderboard(path)), "fid")
+    handles, labels = ax.get_legend_handles_labels()  # errorbar containers; lines[0] is the data line
+    lines = [h.lines[0] for h, label in zip(handles, labels) if label.startswith("method")]
+    assert len(lines) == 14 and len({(str(line.get_color()), line.get_marker()) for line in lines}) == 14
+    assert len({str(line.get_color()) for line in lines}) == 14
+    plt.close(fig)
+
+
 def test_cli_prints_table_and_writes_markdown_and_plots(board, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(board), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| ufogen | 42.00 ± 2.8 | 35.00 |" in printed and "real data" in printed
+    assert "| ufogen | 42.00 ± 2.8 | 35.00 |" in printed and "real data" in printed and "Protocol `" in printed
     markdown = (out / "mnist.md").read_text()
     assert "## fid (lower is better)" in markdown and "## prompt_accuracy (higher is better)" in markdown
+    assert "each training seed's final checkpoint" in markdown
     assert {p.name for p in out.glob("*.png")} >= {"mnist_fid_vs_steps.png", "mnist_fid_vs_latency.png", "mnist_fid_vs_nfe.png",
                                                    "mnist_prompt_accuracy_vs_steps.png"}
 
@@ -94,16 +170,13 @@ def test_cli_rewrites_the_readme_block_from_the_csv(board, tmp_path):
 
 def test_readme_leaderboard_matches_the_committed_csv(tmp_path):
     """The README's MNIST tables are what `fastgen.leaderboard --readme` makes of the committed CSV."""
-    from pathlib import Path
-
     from fastgen.leaderboard import readme_block
 
-    root = Path(__file__).resolve().parents[1]
-    csv_path, readme = root / "benchmarks/leaderboards/mnist.csv", root / "README.md"
+    readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = "<!-- leaderboard:mnist start -->\n", "\n<!-- leaderboard:mnist end -->"
     committed = text[text.index(start) + len(start):text.index(end)]
-    block = readme_block(summarise(read_leaderboard(csv_path)), csv_path, readme, csv_path.parent)
+    block = readme_block(summarise(read_leaderboard(COMMITTED)), COMMITTED, readme, COMMITTED.parent)
     assert committed == block
 
 

@@ -26,6 +26,7 @@ from fastgen.core.gan_losses import (
     r1_penalty_finite_difference,
 )
 from fastgen.core.guidance import classifier_free_guidance
+from fastgen.core.noise import randn_per_sample
 from fastgen.core.schedules import (
     cosine_alphas_cumprod,
     ddgan_vp_alphas_cumprod,
@@ -69,6 +70,7 @@ __all__ = [
     "q_step",
     "r1_penalty",
     "r1_penalty_finite_difference",
+    "randn_per_sample",
     "rescale_zero_terminal_snr",
     "scaled_linear_alphas_cumprod",
     "trailing_timesteps",

@@ -5,10 +5,16 @@ line (blank lines skipped); extra keys are ignored. `setup()` validates every li
 missing or empty metadata, malformed JSON, missing keys, missing image files: each error names the file
 and line); an image that exists but cannot be decoded is reported, with its file name, when it is loaded.
 
-Preprocessing (as in diffusers' train_text_to_image.py): RGB; shorter side resized to `resolution` (PIL
-bicubic, antialiased); centre crop, or a uniformly random crop when `center_crop=False`; optional random
-horizontal flip; pixels scaled to [-1, 1]. `reference_images` and `ordered_dataloader` always use the
-centre crop without flips, in metadata order.
+Split (`heldout_fraction`, `split_seed`): round(N * heldout_fraction) images (at least one when the fraction is
+positive, at most N - 1) drawn by `torch.randperm(N)` seeded with `split_seed` are held out, the rest train;
+each split keeps metadata order. With a held-out split the folder can be its own FID reference
+(`eval.fid.reference_split=heldout`) and the evaluation prompts are the held-out captions; with
+`heldout_fraction=0` (the default) every image trains and there is no held-out split.
+
+Preprocessing (as in diffusers' train_text_to_image.py; PREPROCESSING names it in reference cache keys): RGB;
+shorter side resized to `resolution` (PIL bicubic, antialiased); centre crop, or a uniformly random crop when
+`center_crop=False`; optional random horizontal flip; pixels scaled to [-1, 1]. `reference_images` and
+`ordered_dataloader` always use the centre crop without flips, in metadata order.
 """
 
 from pathlib import Path
@@ -20,11 +26,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fastgen.data.errors import DataError
-from fastgen.data.loading import read_jsonl, shuffled_loader, uint8_to_pixels
+from fastgen.data.loading import decode_image, files_sha256, read_jsonl, shuffled_loader, uint8_to_pixels
 from fastgen.data.prompts import sample_prompts
 
 METADATA_FILE = "metadata.jsonl"
 METADATA_KEYS = ("file_name", "text")
+PREPROCESSING = "pil_bicubic_short_side_center_crop"
+SPLITS = ("train", "heldout")
 
 
 def read_image_text_metadata(root):
@@ -51,11 +59,7 @@ def read_image_text_metadata(root):
 
 def load_image(path, resolution, center_crop=True, flip=False):
     """uint8 [3, resolution, resolution]: RGB, shorter side resized (bicubic), centre or random crop, flip."""
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
+    image = decode_image(path)
     scale = resolution / min(image.size)
     width, height = (max(resolution, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.BICUBIC)
@@ -84,10 +88,23 @@ class ImageTextDataset(Dataset):
         return {"image": uint8_to_pixels(image), "prompt": caption}
 
 
+def split_items(items, heldout_fraction, seed):
+    """{"train": items, "heldout": items}: a seeded random `heldout_fraction` held out, metadata order kept."""
+    if not 0 <= heldout_fraction < 1:
+        raise DataError(f"data.heldout_fraction={heldout_fraction!r} must be in [0, 1)")
+    k = min(max(round(len(items) * heldout_fraction), 1), len(items) - 1) if heldout_fraction > 0 else 0
+    if heldout_fraction > 0 and k < 1:
+        raise DataError(f"data.heldout_fraction={heldout_fraction}: a folder of one image cannot be split")
+    heldout = set(torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:k].tolist())
+    return {"train": [item for i, item in enumerate(items) if i not in heldout],
+            "heldout": [item for i, item in enumerate(items) if i in heldout]}
+
+
 class ImageTextFolderDataModule(L.LightningDataModule):
     """Batches {"image", "prompt"} from an image-text folder, plus the evaluation hooks (name = folder name)."""
 
-    def __init__(self, root, resolution=512, center_crop=True, random_flip=False, batch_size=4, num_workers=0):
+    def __init__(self, root, resolution=512, center_crop=True, random_flip=False, batch_size=4, num_workers=0,
+                 heldout_fraction=0.0, split_seed=0):
         super().__init__()
         self.save_hyperparameters()
         if not isinstance(resolution, int) or resolution < 1:
@@ -95,35 +112,58 @@ class ImageTextFolderDataModule(L.LightningDataModule):
         self.root, self.resolution = Path(root), resolution
         self.center_crop, self.random_flip = center_crop, random_flip
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.heldout_fraction, self.split_seed = float(heldout_fraction), split_seed
         self.name = self.root.name
-        self.items = None
+        self.items = self.splits = None
 
     def setup(self, stage=None):
-        """Read and validate metadata.jsonl (once)."""
+        """Read and validate metadata.jsonl and split it (once)."""
         if self.items is None:
-            self.items = read_image_text_metadata(self.root)
+            items = read_image_text_metadata(self.root)
+            self.splits = split_items(items, self.heldout_fraction, self.split_seed)
+            self.items = items
+
+    def _split(self, split):
+        if split not in SPLITS:
+            raise DataError(f"split={split!r} is not one of {SPLITS}")
+        self.setup()
+        if not self.splits[split]:
+            raise DataError(f"{self.root} has no held-out split (data.heldout_fraction=0): set "
+                            "data.heldout_fraction=0.1 to hold out images as the reference, or eval.coco_root=DIR")
+        return self.splits[split]
+
+    def split_size(self, split):
+        """Number of images in `split`."""
+        return len(self._split(split))
 
     def train_dataloader(self):
-        self.setup()
-        dataset = ImageTextDataset(self.items, self.resolution, self.center_crop, self.random_flip)
+        dataset = ImageTextDataset(self._split("train"), self.resolution, self.center_crop, self.random_flip)
         return shuffled_loader(dataset, self.batch_size, self.num_workers)
 
     def ordered_dataloader(self):
-        """Every image once, in metadata order, centre-cropped and unflipped (for encoding a latent cache)."""
-        self.setup()
-        dataset = ImageTextDataset(self.items, self.resolution)
+        """Every training image once, in metadata order, centre-cropped and unflipped (for a latent cache)."""
+        dataset = ImageTextDataset(self._split("train"), self.resolution)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
+    def _first(self, split, n):
+        items = self._split(split)
+        if n is not None and not 0 < n <= len(items):
+            raise DataError(f"asked for n={n} reference images but the {split} split of {self.root} holds {len(items)}")
+        return items[:n]
+
     def reference_images(self, split="train", n=None):
-        """uint8 [N, 3, R, R]: the first `n` images (all if None) in metadata order, centre-cropped."""
-        if split != "train":
-            raise DataError(f"split={split!r}: an image-text folder has a single split, 'train'")
-        self.setup()
-        if n is not None and not 0 < n <= len(self.items):
-            raise DataError(f"asked for n={n} reference images but {self.root} holds {len(self.items)}")
-        return torch.stack([load_image(path, self.resolution) for path, _ in self.items[:n]])
+        """uint8 [N, 3, R, R]: the first `n` images of `split` (all if None) in metadata order, centre-cropped."""
+        return torch.stack([load_image(path, self.resolution) for path, _ in self._first(split, n)])
+
+    def reference_spec(self, split="train", n=None):
+        """Everything `reference_images(split, n)` depends on, the images' content hash included (cache key)."""
+        paths = [path for path, _ in self._first(split, n)]
+        return {"dataset": self.name, "split": split, "split_seed": self.split_seed,
+                "heldout_fraction": self.heldout_fraction, "resolution": self.resolution,
+                "preprocessing": PREPROCESSING, "n": len(paths), "images_sha256": files_sha256(self.root, paths)}
 
     def eval_prompts(self, n, seed=0):
-        """`n` of the folder's captions in a seeded order (cycling if `n` exceeds the folder)."""
+        """`n` captions of the held-out images (of all images without a held-out split) in a seeded order,
+        cycling if `n` exceeds them."""
         self.setup()
-        return sample_prompts([caption for _, caption in self.items], n, seed)
+        return sample_prompts([caption for _, caption in self.splits["heldout"] or self.items], n, seed)

@@ -5,7 +5,7 @@ A cache directory holds
                                 [k * shard_size, k * shard_size + n); safetensors metadata: fingerprint,
                                 count and the sha256 of the shard's prompts;
   index.json                    {"format", "fingerprint", "count", "shard_size", "shards": [{"file", "count"}],
-                                "latent_shape", "prompt_embeds_shape", "prompts"}, written last.
+                                "latent_shape", "prompt_embeds_shape", "prompts", "resolution"}, written last.
 Every file is written to a temporary name and renamed, so a file that exists is complete.
 
 Resume: `build_latent_cache` run again on the same (unshuffled) data skips the encoder for rows whose shard
@@ -14,13 +14,15 @@ built from other data or another encoder is an error, never silently mixed in.
 """
 
 import bisect
+import contextlib
 import json
 import os
+import re
 from pathlib import Path
 
 import lightning as L
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
@@ -40,6 +42,18 @@ def shard_file(k):
     return f"shard-{k:05d}.safetensors"
 
 
+@contextlib.contextmanager
+def open_shard(path):
+    """safe_open(path), or a DataError naming the shard when it is truncated or not a safetensors file."""
+    try:
+        handle = safe_open(path, framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise DataError(f"{path}: unreadable cache shard ({e}); delete it and run `python -m fastgen.cache_latents` "
+                        "again with the same arguments (the other shards are kept)") from None
+    with handle as f:
+        yield f
+
+
 def _write_json(path, obj):
     write_text_atomic(path, json.dumps(obj))
 
@@ -55,7 +69,7 @@ def _shard_metadata(path, fingerprint):
     """Metadata of an existing shard (None if absent); a shard built under another fingerprint is an error."""
     if not path.is_file():
         return None
-    with safe_open(path, framework="pt") as f:
+    with open_shard(path) as f:
         metadata = f.metadata() or {}
     if metadata.get("fingerprint") != fingerprint:
         raise DataError(
@@ -65,11 +79,13 @@ def _shard_metadata(path, fingerprint):
     return metadata
 
 
-def build_latent_cache(dataloader, encode_images, encode_prompts, out_dir, shard_size=1024, fingerprint=""):
+def build_latent_cache(dataloader, encode_images, encode_prompts, out_dir, shard_size=1024, fingerprint="",
+                       resolution=None):
     """Encode every batch {"image", "prompt"} of an unshuffled loader into shards + index.json; returns the index.
 
     `encode_images(pixels) -> latents` and `encode_prompts(list[str]) -> embeddings` run under inference mode.
-    `fingerprint` identifies data and encoders (stored in every shard and the index; checked on resume).
+    `fingerprint` identifies data and encoders (stored in every shard and the index; checked on resume);
+    `resolution` (pixels) is recorded for the data module to check against `data.resolution`.
     """
     if shard_size < 1:
         raise DataError(f"shard_size={shard_size} must be positive")
@@ -112,7 +128,7 @@ def build_latent_cache(dataloader, encode_images, encode_prompts, out_dir, shard
         raise DataError("the dataloader yielded no samples: nothing to cache")
     if len(prompts) > len(shards) * shard_size:
         finish_shard(len(shards), len(prompts))
-    with safe_open(out_dir / shards[0]["file"], framework="pt") as f:
+    with open_shard(out_dir / shards[0]["file"]) as f:
         latent_shape, embeds_shape = (f.get_slice(name).get_shape()[1:] for name in ("latent", "prompt_embeds"))
     index = {
         "format": CACHE_FORMAT,
@@ -123,6 +139,7 @@ def build_latent_cache(dataloader, encode_images, encode_prompts, out_dir, shard
         "latent_shape": latent_shape,
         "prompt_embeds_shape": embeds_shape,
         "prompts": prompts,
+        "resolution": resolution,
     }
     _write_json(out_dir / INDEX_FILE, index)
     return index
@@ -155,7 +172,7 @@ def read_latent_cache_index(cache_dir):
         path = cache_dir / shard["file"]
         if not path.is_file():
             raise DataError(f"{path} is listed in {index_path} but missing; {BUILD_HINT} (existing shards are kept)")
-        with safe_open(path, framework="pt") as f:
+        with open_shard(path) as f:
             shapes = {name: f.get_slice(name).get_shape() for name in ("latent", "prompt_embeds")}
         expected = {
             "latent": [shard["count"], *index["latent_shape"]],
@@ -194,20 +211,43 @@ class LatentCacheDataset(Dataset):
         }
 
 
-class LatentCacheDataModule(L.LightningDataModule):
-    """Batches {"latent", "prompt_embeds", "prompt"} from a cache written by `build_latent_cache`."""
+def cache_resolution(index):
+    """The pixel resolution a cache was encoded at (older caches: from their fingerprint), or None if unknown."""
+    if index.get("resolution") is not None:
+        return int(index["resolution"])
+    found = re.search(r"\bresolution=(\d+)\b", index.get("fingerprint", ""))
+    return int(found.group(1)) if found else None
 
-    def __init__(self, cache_dir, batch_size=4, num_workers=0):
+
+class LatentCacheDataModule(L.LightningDataModule):
+    """Batches {"latent", "prompt_embeds", "prompt"} from a cache written by `build_latent_cache`.
+
+    `resolution`: the pixel resolution the experiment trains at (the `*_sd15` and `*_tiny` experiments set
+    `data.resolution`); it must be the one the cache was encoded at (`--resolution` of fastgen.cache_latents)."""
+
+    def __init__(self, cache_dir, batch_size=4, num_workers=0, resolution=None):
         super().__init__()
         self.save_hyperparameters()
+        bad = isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1
+        if resolution is not None and bad:
+            raise DataError(f"data.resolution={resolution!r} must be a positive integer (or null: the cache's)")
         self.cache_dir, self.batch_size, self.num_workers = Path(cache_dir), batch_size, num_workers
+        self.resolution = resolution
         self.name = self.cache_dir.name
         self.index = None
 
     def setup(self, stage=None):
-        """Read and check index.json and every shard header (once)."""
+        """Read and check index.json and every shard header (once), and the resolution against the cache's."""
         if self.index is None:
-            self.index = read_latent_cache_index(self.cache_dir)
+            index = read_latent_cache_index(self.cache_dir)
+            encoded = cache_resolution(index)
+            if self.resolution is not None and encoded is not None and encoded != self.resolution:
+                raise DataError(
+                    f"data.resolution={self.resolution} but the latent cache {self.cache_dir} was encoded at "
+                    f"{encoded} px: set data.resolution={encoded}, or build a cache with --resolution {self.resolution}"
+                )
+            self.resolution = self.resolution or encoded
+            self.index = index
 
     def train_dataloader(self):
         self.setup()

@@ -17,6 +17,7 @@ what the prompt-accuracy metric uses.
 """
 
 import functools
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -34,6 +35,7 @@ CANONICAL_TEMPLATE = "a handwritten digit {word}"
 BORDER = 2
 HELDOUT_PER_DIGIT = 100
 SPLITS = ("train", "heldout")
+PREPROCESSING = f"zero_border_{BORDER}px"
 
 
 def digit_prompt(digit):
@@ -160,6 +162,17 @@ class MNISTDataModule(L.LightningDataModule):
         if n is not None and not 0 < n <= len(images):
             raise DataError(f"asked for n={n} reference images but the MNIST {split} split holds {len(images)}")
         return images[:n].clone()
+
+    def split_size(self, split):
+        """Number of images in `split`."""
+        return len(self._split(split)[1])
+
+    def reference_spec(self, split="heldout", n=None):
+        """Everything `reference_images(split, n)` depends on, the images' content hash included (cache key)."""
+        images = self.reference_images(split, n)
+        return {"dataset": self.name, "split": split, "split_seed": self.split_seed, "resolution": self.resolution,
+                "preprocessing": PREPROCESSING, "n": len(images),
+                "images_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest()}
 
     def eval_prompts(self, n, seed=0):
         """`n` canonical prompts, digits balanced (counts differ by at most one), in an order fixed by `seed`."""

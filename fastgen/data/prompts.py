@@ -32,6 +32,7 @@ BUILTIN_PROMPT_SETS = {
 }
 CAPTION_RULES = ("first", "all")
 COCO_KEYS = ("image_id", "id", "caption")
+COCO_IMAGE_KEYS = ("id", "file_name")
 
 
 def load_prompt_set(source, n=None, caption_rule="first"):
@@ -89,33 +90,54 @@ def _read_parti_tsv(path):
         return [row["Prompt"].strip() for row in reader if (row["Prompt"] or "").strip()]
 
 
-def _read_coco_json(path):
+def read_coco_captions_file(path):
+    """The parsed COCO captions file (`captions_val2017.json`), every annotation and "images" entry checked.
+
+    Annotations of images absent from the file's "images" list (when it lists any) are dropped: they are not part
+    of the split (a public copy of val2017's file carries one such entry, image 336252; ATTRIBUTION.md).
+    """
+    path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise DataError(f"{path}: expected a COCO captions file with an 'annotations' list")
-    for i, annotation in enumerate(data["annotations"]):
-        if not isinstance(annotation, dict):
-            raise DataError(f"{path} annotation {i}: expected a JSON object")
-        require_keys(annotation, COCO_KEYS, f"{path} annotation {i}")
-    return data["annotations"]
+    for key, required in (("annotations", COCO_KEYS), ("images", COCO_IMAGE_KEYS)):
+        entries = data.get(key) or []
+        if not isinstance(entries, list):
+            raise DataError(f"{path}: '{key}' must be a list")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                raise DataError(f"{path} {key}[{i}]: expected a JSON object")
+            require_keys(entry, required, f"{path} {key}[{i}]")
+    if data.get("images"):
+        listed = {image["id"] for image in data["images"]}
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in listed]
+    return data
+
+
+def _read_coco_json(path):
+    return read_coco_captions_file(path)["annotations"]
 
 
 def _read_coco_jsonl(path):
     return [record for _, record in read_jsonl(path, COCO_KEYS)]
 
 
+def first_captions(records):
+    """{image id: its lowest-id caption, stripped}, in image id order, from {"image_id", "id", "caption"} records."""
+    first = {}
+    for image_id, _, caption in sorted((r["image_id"], r["id"], str(r["caption"]).strip()) for r in records):
+        first.setdefault(image_id, caption)
+    return first
+
+
 def _pick_captions(records, caption_rule):
     """Apply `caption_rule` to {"image_id", "id", "caption"} records."""
-    rows = sorted((r["image_id"], r["id"], str(r["caption"]).strip()) for r in records)
     if caption_rule == "all":
-        return [caption for _, _, caption in rows]
-    first = {}
-    for image_id, _, caption in rows:
-        first.setdefault(image_id, caption)
-    return list(first.values())
+        return [str(r["caption"]).strip() for r in sorted(records, key=lambda r: (r["image_id"], r["id"]))]
+    return list(first_captions(records).values())
 
 
 _PROMPT_READERS = {".txt": _read_text, ".tsv": _read_parti_tsv}

@@ -6,6 +6,9 @@ Dropout(0.2), Linear(128, 64), Dropout(0.1), Linear(64, 16), Linear(16, 1) -- no
 MLP was fit on OpenAI CLIP ViT-L/14 embeddings: `eval.aesthetic.clip_model` = ViT-L-14 and
 `eval.aesthetic.clip_pretrained` = the `openai` tag or a local file of those weights. Other ViT-L-14 weights
 also give 768-d embeddings and a plausible-looking but meaningless score. Missing either -> not computed.
+OpenAI's weights need QuickGELU: the CLIP is built with it unless `eval.aesthetic.clip_quick_gelu=false` or a
+tag that open_clip registers as GELU-trained (a local file is taken as OpenAI's, see open_clip_models.py).
+The row records both: `aesthetic_sha256` (the MLP) and `aesthetic_clip` (model, weights sha256, activation).
 """
 
 from pathlib import Path
@@ -14,7 +17,7 @@ import torch
 from torch import nn
 
 from fastgen.eval.assets import AssetLookup, sha256_file, warn_not_computed
-from fastgen.eval.open_clip_models import clip_weights_id, image_embeddings, load_open_clip
+from fastgen.eval.open_clip_models import clip_model_id, image_embeddings, load_open_clip
 
 WEIGHTS_KEY = "eval.aesthetic.weights"
 CLIP_KEY = "eval.aesthetic.clip_pretrained"
@@ -40,10 +43,10 @@ class AestheticMLP(nn.Module):
 class AestheticScorer:
     """Per-image aesthetic scores of uint8 images, with the fingerprint of both weight files."""
 
-    def __init__(self, mlp, clip_model, weights_path, clip_pretrained):
+    def __init__(self, mlp, clip_model, weights_path, clip_name, clip_pretrained):
         self.mlp, self.clip_model = mlp, clip_model
         self.weights_sha256 = sha256_file(weights_path)
-        self.clip_weights_id = clip_weights_id(clip_pretrained)
+        self.clip_id = clip_model_id(clip_name, clip_pretrained, clip_model)
 
     @torch.no_grad()
     def __call__(self, images, prompts=None):
@@ -65,14 +68,15 @@ def load_aesthetic_mlp(path):
     return mlp.eval()
 
 
-def load_aesthetic_scorer(weights=None, clip_model="ViT-L-14", clip_pretrained=None, device="cpu"):
+def load_aesthetic_scorer(weights=None, clip_model="ViT-L-14", clip_pretrained=None, device="cpu", clip_quick_gelu=None):
     """An AestheticScorer, or None (not computed, one warning naming the key to set) when weights are missing."""
     lookup = lookup_aesthetic_weights(weights)
     if lookup.found is None:
         reason = f"{weights} does not exist" if weights else "no predictor weights configured"
         warn_not_computed("aesthetic score", WEIGHTS_KEY, reason)
         return None
-    loaded = load_open_clip(clip_model, clip_pretrained, "aesthetic score", CLIP_KEY, device)
+    loaded = load_open_clip(clip_model, clip_pretrained, "aesthetic score", CLIP_KEY, device, clip_quick_gelu,
+                            presume_openai=True)
     if loaded is None:
         return None
     mlp = load_aesthetic_mlp(lookup.found).to(device)
@@ -82,4 +86,4 @@ def load_aesthetic_scorer(weights=None, clip_model="ViT-L-14", clip_pretrained=N
             f"{Path(lookup.found).name} expects {mlp.layers[0].in_features}-d CLIP embeddings but {clip_model} "
             f"gives {embed_dim}-d: set eval.aesthetic.clip_model=ViT-L-14"
         )
-    return AestheticScorer(mlp, loaded[0], lookup.found, clip_pretrained)
+    return AestheticScorer(mlp, loaded[0], lookup.found, clip_model, clip_pretrained)

@@ -17,7 +17,7 @@ from torch import nn
 
 from fastgen.atomic_write import write_text_atomic
 from fastgen.eval.distributed import is_rank_zero
-from fastgen.eval.leaderboard_io import append_rows
+from fastgen.eval.leaderboard_io import append_rows, leaderboard_run_ids
 from fastgen.eval.run_eval import eval_prompts, run_eval
 from fastgen.methods.dpm_solver import SOLVERS, dpm_solver_sample
 
@@ -59,15 +59,6 @@ def baseline_key(teacher_hash, settings, prompts, suite, guidance, algorithm_typ
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _leaderboard_run_ids(path):
-    import csv
-
-    if not path or not Path(path).is_file():
-        return set()
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row.get("run_id") for row in csv.DictReader(f)}
-
-
 def baseline_rows(method, datamodule, settings, suite, **run_kwargs):
     """The baseline's rows for `method`'s teacher, every solver (computed once, then from the cache); [] without a
     teacher."""
@@ -90,7 +81,7 @@ def _cached_rows(baseline, run_id, cache, datamodule, settings, suite, run_kwarg
     """`baseline`'s rows from `cache` (appended to the leaderboard if its run is not there yet), else sampled."""
     if cache.is_file():
         rows = json.loads(cache.read_text())
-        if settings.leaderboard and is_rank_zero() and run_id not in _leaderboard_run_ids(settings.leaderboard):
+        if settings.leaderboard and is_rank_zero() and run_id not in leaderboard_run_ids(settings.leaderboard):
             append_rows(settings.leaderboard, rows)
         return rows
     steps_settings = settings.copy()

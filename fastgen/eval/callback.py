@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from fastgen.eval.baseline import baseline_rows
 from fastgen.eval.fingerprint import timestamp
 from fastgen.eval.metrics import MetricSuite
+from fastgen.eval.reference import check_reference
 from fastgen.eval.run_eval import real_data_row, run_eval
 from fastgen.eval.settings import eval_settings
 from fastgen.eval.wandb_log import log_to_wandb, scalar_metrics
@@ -41,6 +42,7 @@ class FewStepEval(L.Callback):
 
     def setup(self, trainer, pl_module, stage):
         self.run_id = self.run_id or f"{self._run_config(pl_module).get('run_name', pl_module.name)}-{timestamp()}"
+        check_reference(self.settings, trainer.datamodule)  # a missing reference stops the run before training
 
     @staticmethod
     def _run_config(pl_module):
@@ -72,12 +74,13 @@ class FewStepEval(L.Callback):
             self.suite = MetricSuite.load(self.settings, datamodule, pl_module.device)
             floor = real_data_row(datamodule, self.settings, experiment=experiment,
                                   run_id=f"{self.run_id}-real_data", suite=self.suite)
-            self.rows.append(floor)
+            if floor:
+                self.rows.append(floor)
             self.rows += baseline_rows(pl_module, datamodule, self.settings, self.suite, out_dir=out_dir,
                                        experiment=experiment)
         rows = run_eval(pl_module, datamodule, self.settings, out_dir=out_dir, experiment=experiment,
                         train_seed=config.get("seed"), run_id=self.run_id, checkpoint=f"kimg={kimg:.3f}",
-                        precision=str(trainer.precision), grid_tag=f"kimg{kimg:09.3f}", suite=self.suite)
+                        grid_tag=f"kimg{kimg:09.3f}", suite=self.suite)
         self.rows += rows
         if trainer.is_global_zero:
             metrics = {**scalar_metrics(rows), "eval/kimg": kimg}

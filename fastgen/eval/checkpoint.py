@@ -8,9 +8,10 @@ state dict (without the frozen parts, which come from the backbone's own weights
 
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+from fastgen.run_folder import read_checkpoint_header
 
 
 def run_dir_of(ckpt_path):
@@ -36,7 +37,7 @@ def method_from_checkpoint(ckpt_path, device="cpu"):
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt={ckpt_path} does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint_header(ckpt_path, "ckpt")  # tensors memory-mapped; a truncated file: one line
     config = checkpoint_config(ckpt_path, checkpoint)
     backbone = instantiate(config["model"])
     method = instantiate(config["method"], backbone=backbone, _convert_="all")

@@ -5,13 +5,15 @@ E_img, E_txt the L2-normalised open_clip image and text embeddings -- the "0.311
 papers' tables. torchmetrics' CLIPScore and some papers report 100 x this number (31.1); multiply by 100 to
 compare with those. Which model and weights matter: UFOGen/InstaFlow-comparable numbers use ViT-g-14
 (`eval.clip.model`); the weights are `eval.clip.pretrained` (an open_clip tag such as laion2b_s12b_b42k, or a
-local file path). Without weights the score is not computed.
+local file path). Without weights the score is not computed. OpenAI weights get the QuickGELU activation they
+were trained with (`eval.clip.quick_gelu`: null = auto, see open_clip_models.py); `clip_model` in the row records
+the model, the weights' sha256 and the activation.
 """
 
 import torch
 import torch.nn.functional as F
 
-from fastgen.eval.open_clip_models import clip_weights_id, image_embeddings, load_open_clip
+from fastgen.eval.open_clip_models import clip_model_id, image_embeddings, load_open_clip
 
 CONFIG_KEY = "eval.clip.pretrained"
 
@@ -21,7 +23,7 @@ class ClipScorer:
 
     def __init__(self, model, tokenizer, model_name, pretrained):
         self.model, self.tokenizer = model, tokenizer
-        self.model_name, self.weights_id = model_name, clip_weights_id(pretrained)
+        self.model_name, self.model_id = model_name, clip_model_id(model_name, pretrained, model)
 
     @torch.no_grad()
     def text_embeddings(self, prompts):
@@ -37,7 +39,7 @@ class ClipScorer:
         return cosine.clamp(min=0).cpu()
 
 
-def load_clip_scorer(model_name="ViT-g-14", pretrained=None, device="cpu"):
+def load_clip_scorer(model_name="ViT-g-14", pretrained=None, device="cpu", quick_gelu=None):
     """A ClipScorer, or None (not computed, one warning naming eval.clip.pretrained) without weights."""
-    loaded = load_open_clip(model_name, pretrained, "CLIP score", CONFIG_KEY, device)
+    loaded = load_open_clip(model_name, pretrained, "CLIP score", CONFIG_KEY, device, quick_gelu)
     return None if loaded is None else ClipScorer(*loaded, model_name, pretrained)

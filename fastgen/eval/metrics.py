@@ -12,7 +12,7 @@ import torch
 
 from fastgen.eval import aesthetic, clip_score, digit_classifier, inception
 from fastgen.eval.fid import fid_from_features, kid_from_features
-from fastgen.eval.reference import reference_stats
+from fastgen.eval.reference import evaluation_reference
 
 METRIC_COLUMNS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy")
 
@@ -45,15 +45,14 @@ class MetricSuite:
         if settings.fid.enabled:
             suite.inception = _cached_inception(settings.fid.weights, str(device))
         if suite.inception is not None:
-            suite.reference = reference_stats(
-                datamodule, suite.inception, settings.num_samples, settings.cache_dir,
-                split=settings.fid.reference_split, batch_size=settings.batch_size, path=settings.fid.reference,
-            )
+            suite.reference = evaluation_reference(settings, datamodule, suite.inception)
         if settings.clip.enabled:
-            suite.clip = clip_score.load_clip_scorer(settings.clip.model, settings.clip.pretrained, device)
+            suite.clip = clip_score.load_clip_scorer(settings.clip.model, settings.clip.pretrained, device,
+                                                     settings.clip.quick_gelu)
         if settings.aesthetic.enabled:
             suite.aesthetic = aesthetic.load_aesthetic_scorer(
-                settings.aesthetic.weights, settings.aesthetic.clip_model, settings.aesthetic.clip_pretrained, device)
+                settings.aesthetic.weights, settings.aesthetic.clip_model, settings.aesthetic.clip_pretrained, device,
+                settings.aesthetic.clip_quick_gelu)
         if settings.prompt_accuracy.enabled:
             model = digit_classifier.load_classifier(settings.prompt_accuracy.weights).to(device)
             suite.digits = digit_classifier.PromptAccuracy(model)
@@ -98,7 +97,8 @@ class MetricSuite:
             "extractor_sha256": self.inception.sha256 if self.inception else "",
             "reference": self.reference.id if self.reference else "",
             "reference_sha256": self.reference.sha256 if self.reference else "",
-            "clip_model": f"{self.clip.model_name}:{self.clip.weights_id}" if self.clip else "",
+            "clip_model": self.clip.model_id if self.clip else "",
             "aesthetic_sha256": self.aesthetic.weights_sha256 if self.aesthetic else "",
+            "aesthetic_clip": self.aesthetic.clip_id if self.aesthetic else "",
             "classifier_sha256": self.digits.weights_sha256 if self.digits else "",
         }

@@ -4,26 +4,34 @@
 For each `steps` in `eval.steps` (skipping those the method does not support):
   1. generate `eval.num_samples` images in batches of `eval.batch_size`: sample i gets prompt i of the fixed
      prompt set (`eval.prompts`, else `datamodule.eval_prompts(n, seed)`) and noise drawn from
-     `torch.Generator().manual_seed(eval.seed + i)` on the CPU -- the same prompts and noises for every method,
-     step count, device and sharding (paired comparisons). Stochastic samplers get a generator seeded by
-     `eval.seed + <first index of the batch>`;
-  2. decode (`backbone.decode`) to uint8 pixels, as if saved as PNG; the wall time of 1-2 is the latency;
+     `torch.Generator().manual_seed(eval.seed + i)` on the CPU, and a stochastic sampler's per-step draws for
+     sample i come from its own CPU generator seeded by a hash of (eval.seed, i) (`sampler_generators`) -- so
+     sample i is the same for every batch size, device count and sharding, and paired across methods and step
+     counts;
+  2. decode (`backbone.decode`) to uint8 pixels, as if saved as PNG; the median per-image wall time of 1-2 over
+     the batches is the latency (latency.py; measured alongside whatever else the machine runs: the bench
+     re-measures its rows in a quiet pass, latency_pass.py);
   3. score every available metric (metrics.py) and write a sample grid PNG (grids.py).
 With `eval.metrics: points` (the points testbed, fastgen/eval/points.py) samples stay float points, the suite is
-`PointsMetricSuite`, and the grid is a scatter plot: the three branches marked "points".
+`PointsMetricSuite`, and the grid is a scatter plot: the branches marked "points".
 Under DDP the sample indices are sharded across ranks, per-sample outputs are gathered in index order (so the
 numbers equal a single process's), and only rank 0 writes files.
 """
 
+import hashlib
+import warnings
+
 import torch
 
+from fastgen.core import randn_per_sample
 from fastgen.eval.distributed import gather_in_index_order, is_rank_zero, max_over_ranks, shard_indices
-from fastgen.eval.fingerprint import device_name, git_commit, module_precision, timestamp
+from fastgen.eval.fingerprint import SamplingPrecision, device_name, git_commit, timestamp
 from fastgen.eval.grids import grid_indices, save_grid
 from fastgen.eval.images import pixels_to_uint8
 from fastgen.eval.latency import LatencyMeter
 from fastgen.eval.leaderboard_io import COLUMNS, append_rows
 from fastgen.eval.metrics import MetricSuite
+from fastgen.eval.reference import warn_resolution_mismatch
 from fastgen.eval.settings import eval_settings
 
 
@@ -34,7 +42,12 @@ def method_device(method):
 
 
 def eval_prompts(datamodule, settings):
-    """The evaluation prompts: the first num_samples of the named prompt set, else the data module's."""
+    """The evaluation prompts: the COCO reference's captions under eval.coco_root, else the first num_samples of
+    the named prompt set, else the data module's."""
+    if settings.coco_root:
+        from fastgen.data.coco import coco_prompts
+
+        return coco_prompts(settings)
     if settings.prompts is None:
         return list(datamodule.eval_prompts(settings.num_samples, seed=settings.seed))
     from fastgen.data.prompts import load_prompt_set
@@ -44,7 +57,25 @@ def eval_prompts(datamodule, settings):
 
 def eval_noise(indices, shape, seed):
     """Noise [len(indices), *shape]: sample i from torch.Generator().manual_seed(seed + i) (CPU, float32)."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + int(i))) for i in indices])
+    generators = [torch.Generator().manual_seed(seed + int(i)) for i in indices]
+    return randn_per_sample((len(generators), *shape), generators)
+
+
+def sampler_generators(indices, seed):
+    """One CPU generator per sample for a stochastic sampler's per-step draws, sample i's seeded by a 63-bit hash of
+    (seed, i): a stream apart from every sample's initial noise (seeds seed + j)."""
+    def sampler_seed(i):
+        return int.from_bytes(hashlib.sha256(f"fastgen-sampler/{seed}/{i}".encode()).digest()[:8], "little") >> 1
+
+    return [torch.Generator().manual_seed(sampler_seed(int(i))) for i in indices]
+
+
+def sample_and_decode(method, prompts, batch, steps, seed):
+    """Decoded images (model output range) of the samples with indices `batch`, each from its own noise and
+    sampler generator; `prompts` is indexed by sample index."""
+    noise = eval_noise(batch, tuple(method.backbone.sample_shape), seed).to(method_device(method))
+    x0 = method.sample(noise, [prompts[i] for i in batch.tolist()], steps, generator=sampler_generators(batch, seed))
+    return method.backbone.decode(x0)
 
 
 def prompt_order_key(suite):
@@ -62,21 +93,16 @@ def generate(method, prompts, indices, steps, settings, meter):
 
     A network sharded by FSDP samples collectively, so every rank makes as many sampling calls as the busiest
     one: a rank with fewer batches first samples one extra noise (result dropped), as the meter's warm-up."""
-    device = method_device(method)
-    shape = tuple(method.backbone.sample_shape)
-
-    def sample_and_decode(batch):
-        noise = eval_noise(batch, shape, settings.seed).to(device)
-        generator = torch.Generator(device).manual_seed(settings.seed + int(batch[0]))
-        return method.backbone.decode(method.sample(noise, [prompts[i] for i in batch.tolist()], steps, generator=generator))
+    def run(batch):
+        return sample_and_decode(method, prompts, batch, steps, settings.seed)
 
     batches = list(indices.split(settings.batch_size))
     extra = max_over_ranks(len(batches)) - len(batches)
     calls = [torch.zeros(1, dtype=torch.long)] * extra + batches  # an extra call samples index 0, dropped below
     stored = (lambda x: x.float()) if settings.metrics == "points" else pixels_to_uint8  # points: floats as sampled
-    images = [stored(meter.time(lambda b=batch: sample_and_decode(b), len(batch))).cpu() for batch in calls]
+    images = [stored(meter.time(lambda b=batch: run(b), len(batch))).cpu() for batch in calls]
     if settings.latency.enabled and calls and not meter.measured:  # one batch was all warm-up: time it again
-        meter.time(lambda: sample_and_decode(calls[-1]), len(calls[-1]))
+        meter.time(lambda: run(calls[-1]), len(calls[-1]))
     images = images[extra:]
     return torch.cat(images) if images else torch.empty(0, dtype=torch.uint8)
 
@@ -104,7 +130,8 @@ def gather_grid(images, indices, prompts, order_key):
 
 
 def base_row(settings, prompts, suite, **fields):
-    """A row with every COLUMN, the fingerprint filled in, metrics empty."""
+    """A row with every COLUMN, the fingerprint filled in (protocol: fingerprint.PROTOCOL_COLUMNS), metrics empty;
+    `fields` (method, steps, guidance, the precision sampling ran in, ...) complete it."""
     from fastgen.data.prompts import prompts_sha256
 
     row = dict.fromkeys(COLUMNS)
@@ -115,7 +142,7 @@ def base_row(settings, prompts, suite, **fields):
 
 
 def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_id="", checkpoint="",
-             train_seed=None, precision=None, grid_tag="", suite=None, label=None):
+             train_seed=None, grid_tag="", suite=None, label=None):
     """Evaluate `method` at every supported step count in `cfg.steps`; returns one row per step count.
 
     `cfg` is the `eval` config node (or a dict, or None for defaults). Rows are appended to `cfg.leaderboard`
@@ -135,15 +162,18 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
         for steps in settings.steps:
             if method.supported_steps is not None and steps not in method.supported_steps:
                 continue
-            meter = LatencyMeter(device, warmup=settings.latency.warmup)
-            images = generate(method, prompts, indices, steps, settings, meter)
+            meter = LatencyMeter(device, warmup=settings.latency.warmup, module=method)
+            with SamplingPrecision(method) as precision:  # what the sampling ran in, read off the modules that ran
+                images = generate(method, prompts, indices, steps, settings, meter)
+            if settings.metrics != "points":  # points: no resolution
+                warn_resolution_mismatch(suite.reference, images)
             row = base_row(
                 settings, prompts, suite, run_id=run_id or f"{label}-{timestamp()}", experiment=experiment,
                 method=label, backbone=getattr(method.backbone, "name", type(method.backbone).__name__),
                 dataset=getattr(datamodule, "name", type(datamodule).__name__), checkpoint=checkpoint, steps=steps,
                 train_seed=train_seed,
                 nfe=method.nfe(steps), guidance=float(method.guidance_scale),
-                precision=precision or module_precision(method), device=device_name(device),
+                precision=precision.name, device=device_name(device),
             )
             row.update(score_sharded(suite, images, indices, prompts, settings.batch_size))
             if settings.latency.enabled:
@@ -167,10 +197,16 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
 
 
 def _image_floor_metrics(datamodule, settings, suite):
-    """FID/KID and aesthetic score of the first num_samples training images; the digit classifier's accuracy on
-    the first num_samples held-out images."""
-    images = datamodule.reference_images(split="train", n=settings.num_samples)
-    indices = shard_indices(settings.num_samples)
+    """(metrics, n): FID/KID and aesthetic score of the first n = num_samples training images (all of them if
+    there are fewer, with a warning); the digit classifier's accuracy on the first num_samples held-out images."""
+    n = settings.num_samples
+    available = datamodule.split_size("train") if hasattr(datamodule, "split_size") else n
+    if available < n:
+        warnings.warn(f"the real_data floor uses all {available} training images (eval.num_samples={n}): its FID is "
+                      f"biased higher than that of rows at n={n}", stacklevel=3)
+        n = available
+    images = datamodule.reference_images(split="train", n=n)
+    indices = shard_indices(n)
     image_only = [name for name in suite.available if name in ("inception", "aesthetic")]
     metrics = score_sharded(suite, images[indices], indices, [""] * len(images), settings.batch_size, image_only)
     if suite.digits is not None:
@@ -179,27 +215,34 @@ def _image_floor_metrics(datamodule, settings, suite):
         pixels, labels = datamodule.train_labelled("heldout")
         pixels, labels = pixels[:settings.num_samples], labels[:settings.num_samples]
         metrics["prompt_accuracy"] = float((predict(suite.digits.model, pixels) == labels).float().mean())
-    return metrics
+    return metrics, n
 
 
 def real_data_row(datamodule, cfg=None, *, experiment="", run_id="real_data", suite=None):
-    """The data floor: the first num_samples *training* images scored against the held-out reference.
+    """The data floor: the first num_samples *training* images scored against the evaluation's reference.
 
-    FID/KID here are what a perfect generator would get at this sample count (not 0: FID is biased at small N).
+    FID/KID here are what a generator reproducing its training data exactly would get at this sample count: not
+    0 (FID is biased at small N) and, against the COCO reference (`eval.coco_root`), also the gap between the
+    training data and COCO val -- the training data, not COCO train2017, is what a fine-tuned model can match.
+    With fewer training images than num_samples all are used and `num_samples` says how many (one warning).
     `prompt_accuracy` is the digit classifier's accuracy on the first num_samples held-out images -- the
     ceiling of that metric. CLIP and aesthetic scores need captions / are image-only: the aesthetic score of
-    the training images is reported, CLIP score is left empty. With `eval.metrics: points` the floor is, per
-    prompt, as many training points as the evaluation samples, scored exactly as samples are (fastgen/eval/points.py).
+    the training images is reported, CLIP score is left empty. A data module without images (a latent cache)
+    has no floor: None, with a warning. With `eval.metrics: points` the floor is, per prompt, as many training
+    points as the evaluation samples, scored exactly as samples are (fastgen/eval/points.py).
     """
     settings = eval_settings(cfg)
+    if settings.metrics != "points" and not hasattr(datamodule, "reference_images"):
+        warnings.warn(f"no real_data floor row: {type(datamodule).__name__} holds no images", stacklevel=2)
+        return None
     suite = suite or MetricSuite.load(settings, datamodule)
     if settings.metrics == "points":  # points: training points scored as samples of the evaluation's prompts
-        metrics = suite.real_data_metrics(eval_prompts(datamodule, settings))
+        metrics, n = suite.real_data_metrics(eval_prompts(datamodule, settings)), settings.num_samples
     else:
-        metrics = _image_floor_metrics(datamodule, settings, suite)
+        metrics, n = _image_floor_metrics(datamodule, settings, suite)
     row = base_row(settings, eval_prompts(datamodule, settings), suite, run_id=run_id, experiment=experiment,
                    method="real_data", backbone="", dataset=getattr(datamodule, "name", ""), checkpoint="",
-                   steps=None, nfe=0, guidance=0.0, precision="", device="")
+                   steps=None, nfe=0, guidance=0.0, precision="", device="", num_samples=n)
     row.update(metrics)
     if settings.leaderboard and is_rank_zero():
         append_rows(settings.leaderboard, [row])

@@ -26,7 +26,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fastgen.core import (
-    d_loss_softplus, q_posterior_sample, q_sample, q_step, r1_penalty, r1_penalty_finite_difference, trailing_timesteps,
+    d_loss_softplus, q_posterior_sample, q_sample, q_step, r1_penalty, r1_penalty_finite_difference, randn_per_sample,
+    trailing_timesteps,
 )
 from fastgen.methods.base import FewStepMethod
 
@@ -261,12 +262,11 @@ class PosteriorChainGAN(FewStepMethod):
     @torch.no_grad()
     def sample(self, noise, prompts, steps, generator=None):
         """x_T = noise; at each level x̂0 = G_ema(x_t, t, c, z) with fresh z, then x_{t−1} ~ q(x_{t−1} | x_t, x̂0);
-        the last level returns x̂0. z and the posterior noise come from `generator` (deterministic when seeded)."""
+        the last level returns x̂0. z and the posterior noise come from `generator` (base.py: one per sample or one)."""
         self.check_steps(steps)
         bb = self.backbone
         cond = bb.encode_prompts(prompts)
-        device = generator.device if generator is not None else noise.device
-        draw = lambda *shape: torch.randn(shape, generator=generator, device=device).to(noise.device)  # noqa: E731
+        draw = lambda *shape: randn_per_sample(shape, generator, noise.device)  # noqa: E731
         x = noise.float()
         for t, s in zip(self.levels.tolist()[::-1], self.prev_levels.tolist()[::-1]):
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)

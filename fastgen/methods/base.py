@@ -1,7 +1,7 @@
 """`FewStepMethod`: the small contract every fastgen method implements.
 
 A method is a LightningModule that owns a `Backbone` and offers one sampling call,
-`sample(noise, prompts, steps) -> x0` in model space, which is all the evaluation uses. The base
+`sample(noise, prompts, steps, generator) -> x0` in model space, which is all the evaluation uses. The base
 class adds only what every method shares: training length in images seen (kimg, EDM-style — with
 manual optimisation Lightning's `global_step` counts every optimizer step), an EMA copy of the
 generator, and checkpoints that hold tensors and primitives only, without the frozen parts
@@ -22,6 +22,10 @@ from fastgen.core import ema_update_
 FROZEN_PREFIXES = ("backbone.text_encoder.", "backbone.vae.", "teacher_unet.")
 
 
+class TrainingDiverged(ValueError):
+    """A loss became NaN or infinite: the run stops with the step, the losses and what to change."""
+
+
 class FewStepMethod(L.LightningModule):
     name: str = "method"
     supported_steps: tuple[int, ...] | None = None  # None: any number of steps
@@ -35,8 +39,15 @@ class FewStepMethod(L.LightningModule):
 
     # -- the contract the evaluation uses -------------------------------------------------------------
     @abc.abstractmethod
-    def sample(self, noise: torch.Tensor, prompts: list[str], steps: int, generator: torch.Generator | None = None):
-        """Generate x0 (model space) from Gaussian `noise` [B, C, H, W] conditioned on `prompts` in `steps` steps."""
+    def sample(self, noise: torch.Tensor, prompts: list[str], steps: int,
+               generator: list[torch.Generator] | torch.Generator | None = None):
+        """Generate x0 (model space) from Gaussian `noise` [B, C, H, W] conditioned on `prompts` in `steps` steps.
+
+        Every further random draw of a stochastic sampler (re-noising, latent z, posterior or SDE noise) comes
+        from `generator` through `fastgen.core.randn_per_sample`: with a list of B generators, one per sample,
+        sample b depends on `noise[b]`, `prompts[b]` and `generator[b]` only, not on the batch it is in (the
+        evaluation passes one per sample, seeded from its index); one generator draws for the whole batch;
+        None draws from the global RNG."""
 
     def nfe(self, steps: int) -> int:
         """Network evaluations for `steps` steps (classifier-free guidance counts twice)."""
@@ -58,8 +69,23 @@ class FewStepMethod(L.LightningModule):
         self.log("kimg", self.kimg, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def log_losses(self, losses: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log a named loss dict as `train/<key>` (current values on the progress bar)."""
-        self.log_dict({f"train/{k}": v.detach().float() for k, v in losses.items()}, prog_bar=True, batch_size=batch_size)
+        """Log a named loss dict as `train/<key>` (current values on the progress bar); a non-finite loss stops the
+        run (check_finite) before this step's checkpoint or evaluation can keep its weights."""
+        values = {k: v.detach().float() for k, v in losses.items()}
+        self.check_finite(values)
+        self.log_dict({f"train/{k}": v for k, v in values.items()}, prog_bar=True, batch_size=batch_size)
+
+    def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Raise TrainingDiverged naming the step, the non-finite losses and the learning rates to lower."""
+        if torch.isfinite(torch.stack([v.reshape(()) for v in losses.values()])).all():
+            return
+        bad = ", ".join(f"train/{k}={v.item()}" for k, v in losses.items() if not torch.isfinite(v))
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped if self._trainer is not None else "?"
+        rates = " / ".join(f"method.{k}={v}" for k, v in self.hparams.items() if k == "lr" or k.startswith("lr_"))
+        raise TrainingDiverged(
+            f"training diverged at step {step} ({self.kimg:g} kimg): {bad}. Lower the learning rate"
+            f"{f' ({rates})' if rates else ''}; no checkpoint or evaluation of this step is written"
+        )
 
     # -- EMA of the generator only -------------------------------------------------------------------
     @staticmethod

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastgen.core import append_dims, classifier_free_guidance, ddim_step, lcm_solver_grid
+from fastgen.core import append_dims, classifier_free_guidance, ddim_step, lcm_solver_grid, randn_per_sample
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.optim import adamw_with_schedule
 from fastgen.methods.sharding import whole_network
@@ -72,10 +72,9 @@ def empty_prompt_cond(backbone, like: torch.Tensor) -> torch.Tensor:
     return backbone.encode_prompts([""]).to(like.dtype).expand_as(like)
 
 
-def sampling_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fresh N(0, I) noise shaped like `like`, drawn on the generator's device (as diffusers' `randn_tensor`)."""
-    device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+def sampling_noise(like: torch.Tensor, generator=None) -> torch.Tensor:
+    """Fresh N(0, I) noise shaped like `like` from `generator` (one per sample, one, or None: `randn_per_sample`)."""
+    return randn_per_sample(like.shape, generator, like.device, like.dtype)
 
 
 # -- LoRA --------------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ class Diffusion(FewStepMethod):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def sample(self, noise, prompts, steps, generator=None):
-        return dpm_solver_sample(self.backbone, self.ema_unet, noise, prompts, steps, self.guidance_scale)
+        return dpm_solver_sample(self.backbone, self.ema_unet, noise, prompts, steps, self.guidance_scale,
+                                 generator=generator)
 
     def on_train_end(self):
         """Export the EMA teacher in the diffusers layout, so distillation runs load it by path."""

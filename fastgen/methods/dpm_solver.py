@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from fastgen.core import classifier_free_guidance
+from fastgen.core import classifier_free_guidance, randn_per_sample
 from fastgen.methods.base import FewStepMethod
 
 SOLVERS = {"dpmsolver++": "dpm_solver", "sde-dpmsolver++": "dpm_solver_sde"}  # algorithm_type -> leaderboard name
@@ -45,7 +45,7 @@ def dpm_solver_sample(backbone, unet, noise, prompts, steps: int, guidance_scale
                       algorithm_type: str = "dpmsolver++", generator=None) -> torch.Tensor:
     """Run DPM-Solver++ (`algorithm_type` in SOLVERS) for `steps` steps from `noise`; returns x0 in model space.
 
-    The SDE variant draws its per-step noise from `generator` (None: the global RNG)."""
+    The SDE variant draws its per-step noise from `generator` (one per sample, one, or None: `randn_per_sample`)."""
     from diffusers import DPMSolverMultistepScheduler
 
     scheduler = DPMSolverMultistepScheduler(
@@ -55,11 +55,13 @@ def dpm_solver_sample(backbone, unet, noise, prompts, steps: int, guidance_scale
     scheduler.set_timesteps(steps, device=noise.device)
     cond = backbone.encode_prompts(prompts)
     uncond = backbone.encode_prompts([""]).expand_as(cond) if guidance_scale > 1.0 else None
+    stochastic = algorithm_type.startswith("sde-")
     x = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         t_batch = t.expand(x.shape[0])
         out = guided_model_output(backbone, unet, x, t_batch, cond, uncond, guidance_scale)
-        x = scheduler.step(out, t, x, generator=generator).prev_sample
+        variance_noise = randn_per_sample(x.shape, generator, x.device) if stochastic else None
+        x = scheduler.step(out, t, x, variance_noise=variance_noise).prev_sample
     return x
 
 
@@ -80,4 +82,5 @@ class DPMSolverBaseline(FewStepMethod):
         return self.backbone.unet
 
     def sample(self, noise, prompts, steps, generator=None):
-        return dpm_solver_sample(self.backbone, self.backbone.unet, noise, prompts, steps, self.guidance_scale)
+        return dpm_solver_sample(self.backbone, self.backbone.unet, noise, prompts, steps, self.guidance_scale,
+                                 generator=generator)

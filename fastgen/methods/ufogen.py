@@ -71,6 +71,7 @@ from fastgen.core import (
     g_loss_clamped_bce,
     g_loss_softplus,
     q_sample,
+    randn_per_sample,
     trailing_timesteps,
 )
 from fastgen.methods.adversarial import (
@@ -254,7 +255,5 @@ class UFOGen(FewStepMethod):
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             x0_hat, _ = bb.denoise(self.ema_unet, x, t_batch, cond)
             if i + 1 < len(grid):
-                device = generator.device if generator is not None else x.device
-                fresh = torch.randn(x.shape, generator=generator, device=device).to(x.device)
-                x = q_sample(x0_hat, grid[i + 1], fresh, bb.alphas_cumprod)
+                x = q_sample(x0_hat, grid[i + 1], randn_per_sample(x.shape, generator, x.device), bb.alphas_cumprod)
         return x0_hat

@@ -12,6 +12,12 @@ norm group.
 
 SD15_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 
+# The small CLIP text encoder of the toy backbones (real CLIP tokenizer, 16 tokens, 32 wide).
+SMALL_TEXT_ENCODER = dict(
+    vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, max_position_embeddings=16, projection_dim=32,
+)
+
 ARCHITECTURES: dict[str, dict] = {
     "sd15": {
         "unet": dict(
@@ -40,10 +46,7 @@ ARCHITECTURES: dict[str, dict] = {
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
         ),
-        "text_encoder": dict(
-            vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=16, projection_dim=32,
-        ),
+        "text_encoder": SMALL_TEXT_ENCODER,
         "vae": dict(
             in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, sample_size=32,
             block_out_channels=(16, 32), norm_num_groups=8,
@@ -60,10 +63,7 @@ ARCHITECTURES: dict[str, dict] = {
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16,
         ),
-        "text_encoder": dict(
-            vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=16, projection_dim=32,
-        ),
+        "text_encoder": SMALL_TEXT_ENCODER,
         "vae": None,
         "schedule": SD15_SCHEDULE,
         "prediction_type": "epsilon",
@@ -76,10 +76,7 @@ ARCHITECTURES: dict[str, dict] = {
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
         ),
-        "text_encoder": dict(
-            vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=16, projection_dim=32,
-        ),
+        "text_encoder": SMALL_TEXT_ENCODER,
         "vae": None,
         "schedule": {**SD15_SCHEDULE, "rescale_betas_zero_snr": True},
         "prediction_type": "v_prediction",
