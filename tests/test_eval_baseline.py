@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fastgen.data.mnist import MNISTDataModule
-from fastgen.eval.baseline import TeacherBaseline, baseline_rows, teacher_sha256
+from fastgen.eval.baseline import baseline_rows, teacher_baseline, teacher_sha256
 from fastgen.eval.leaderboard_io import read_leaderboard
 from fastgen.eval.metrics import MetricSuite
 from fastgen.eval.settings import eval_settings
@@ -13,7 +13,9 @@ from fastgen.networks import build_random
 
 
 class Distilled(nn.Module):
-    name, supported_steps, guidance_scale = "student", (1,), 2.0
+    """What the baseline reads of a method: its backbone and its declared teacher and teacher guidance."""
+
+    name, supported_steps, guidance_scale, teacher_guidance_scale = "student", (1,), 0.0, 2.0
 
     def __init__(self, backbone):
         super().__init__()
@@ -45,6 +47,10 @@ def test_baseline_rows_are_computed_once_per_teacher(tmp_path, monkeypatch):
     assert teacher_sha256(method.teacher_unet) != before
 
 
-def test_an_unknown_baseline_solver_is_named():
+def test_an_unknown_baseline_solver_is_named(tmp_path):
+    method = Distilled(build_random("mnist_pixel", cache_dir=str(tmp_path / "cache")))
     with pytest.raises(ValueError, match="eval.baseline_solvers: 'dpmsolver' is not one of"):
-        TeacherBaseline(None, None, 2.0, "dpmsolver")
+        teacher_baseline(method, 2.0, "dpmsolver")
+    method.teacher_unet = None
+    with pytest.raises(ValueError, match="declares no teacher"):
+        teacher_baseline(method, 2.0)

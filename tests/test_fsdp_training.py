@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
-from two_phase import optimizer_steps_per_training_step
 
 FAST = {"ufogen_mnist", "lcm_lora_mnist"}  # the two-phase GAN step; LoRA on a frozen base (and its export)
 EXPERIMENTS = {"ufogen_mnist": 1, "lcm_lora_mnist": 1, "ddgan_mnist": 4, "siddm_mnist": 4, "lcm_mnist": 1,
@@ -20,16 +22,20 @@ R1 = ("method.r1_sigma=0.05",)  # FSDP runs the finite-difference R1 (exact R1 i
 
 
 def _fit(tmp_path, name, strategy, steps, *extra):
+    """The run's last checkpoint, and what rank 0's digest callback recorded (tests/ddp_digest.py)."""
     extra = (*extra, *R1) if name.split("_")[0] in {"ddgan", "siddm"} else extra
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-m", "fastgen.fit", f"experiment={name}", "debug=fast", "trainer.devices=2",
          f"trainer.strategy={strategy}", "trainer.max_steps=4", "data.batch_size=4", f"paths.runs_dir={tmp_path}",
          f"run_name={strategy}", "eval.enabled=true", "eval.num_samples=5", "eval.batch_size=2", f"eval.steps=[{steps}]",
-         "eval.baseline_steps=[]", "eval.latency.enabled=false", f"eval.leaderboard={tmp_path}/{strategy}.csv", *extra],
+         "eval.baseline_steps=[]", "eval.latency.enabled=false", f"eval.leaderboard={tmp_path}/{strategy}.csv",
+         "+callbacks.digest._target_=ddp_digest.WeightsDigest", f"+callbacks.digest.out_dir={tmp_path}/digest", *extra],
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(tmp_path / strategy / "checkpoints" / "last.ckpt", weights_only=True)
+    record = json.loads((tmp_path / "digest" / "rank0.json").read_text())
+    return torch.load(tmp_path / strategy / "checkpoints" / "last.ckpt", weights_only=True), record
 
 
 def _logged_losses(path):
@@ -46,7 +52,7 @@ def _method_rows(path):
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS])
 def test_fsdp_trains_evaluates_and_resumes_as_ddp(tmp_path, name):
     steps = EXPERIMENTS[name]
-    ddp, fsdp = (_fit(tmp_path, name, strategy, steps) for strategy in ("ddp", "fsdp"))
+    (ddp, _), (fsdp, _) = (_fit(tmp_path, name, strategy, steps) for strategy in ("ddp", "fsdp"))
     assert fsdp["global_step"] == ddp["global_step"] == 4
     assert fsdp["state_dict"].keys() == ddp["state_dict"].keys()
     # Adam turns a gradient's summation-order noise into up to a learning rate per step where the gradient is
@@ -61,9 +67,9 @@ def test_fsdp_trains_evaluates_and_resumes_as_ddp(tmp_path, name):
     (fsdp_row,), (ddp_row,) = _method_rows(tmp_path / "fsdp.csv"), _method_rows(tmp_path / "ddp.csv")
     assert float(fsdp_row["fid"]) == pytest.approx(float(ddp_row["fid"]), rel=1e-4)
     # the single-file checkpoint resumes under FSDP: two more steps, images counted on from where it stopped
-    resumed = _fit(tmp_path, name, "fsdp", steps, "ckpt_path=last", "trainer.max_steps=6", "eval.enabled=false")
+    resumed, record = _fit(tmp_path, name, "fsdp", steps, "ckpt_path=last", "trainer.max_steps=6", "eval.enabled=false")
     assert resumed["global_step"] == 6
-    assert resumed["state_dict"]["images_seen"] == 6 // optimizer_steps_per_training_step(name) * 4
+    assert resumed["state_dict"]["images_seen"] == 6 // record["optimizer_steps_per_training_step"] * 4
     if name == "lcm_lora_mnist":  # the export at the end gathers the sharded LoRA: exactly the checkpoint's
         from safetensors.torch import load_file
 

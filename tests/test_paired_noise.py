@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 
 from fastgen.core import randn_per_sample
-from fastgen.eval.baseline import TeacherBaseline
+from fastgen.eval.baseline import teacher_baseline
 from fastgen.eval.latency import LatencyMeter
 from fastgen.eval.run_eval import generate
 from fastgen.eval.settings import eval_settings
@@ -48,7 +48,7 @@ def test_a_method_sample_does_not_depend_on_its_batch_or_shard(experiment_cfg, e
 @pytest.mark.parametrize("solver", ["sde-dpmsolver++", "dpmsolver++"])
 def test_a_baseline_sample_does_not_depend_on_its_batch_or_shard(experiment_cfg, solver):
     method = _build(experiment_cfg, "dpm_solver_mnist")
-    _check_paired(TeacherBaseline(method.backbone, method.teacher_unet, 2.0, solver), 2)
+    _check_paired(teacher_baseline(method, 2.0, solver), 2)
 
 
 def test_per_sample_generators_draw_each_row_from_its_own_stream():

@@ -16,7 +16,7 @@ from fastgen.methods.lcm import LCM
 from fastgen.methods.siddm import SIDDM
 from fastgen.methods.tscd import TSCD
 from fastgen.methods.ufogen import UFOGen
-from fastgen.networks.discriminators import MLPDiscriminator, build_discriminator
+from fastgen.networks.discriminators import MLPDiscriminator
 from fastgen.networks.mlp import PointsMLP
 from fastgen.networks.points import build_points_pretrained, build_points_random
 
@@ -58,6 +58,8 @@ def test_every_method_trains_and_samples_points(small_backbone, name, tmp_path):
         trainer.fit(method, train_dataloaders=_loader())
         losses = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         assert losses and all(torch.isfinite(v) for v in losses.values()), losses
+        # Lightning's global_step counts every optimizer step: as many per training step (4 images) as declared
+        assert trainer.global_step == method.images_seen.item() // 4 * method.optimizer_steps_per_training_step
         after = method.backbone.unet.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before if k in after), "nothing trained"
     method.eval()
@@ -79,7 +81,7 @@ def test_adversarial_methods_get_the_mlp_discriminator_with_the_joint_input_for_
 
 def test_the_mlp_discriminator_starts_from_the_generator_and_its_joint_input_starts_at_zero(small_backbone):
     mlp = small_backbone.unet
-    joint = build_discriminator(mlp, cond_channels=2)
+    joint = small_backbone.build_discriminator(joint=True)
     x, t, cond = torch.randn(6, 2), torch.full((6,), 500), small_backbone.encode_prompts(["a"] * 6)
     assert torch.equal(joint.body.trunk(torch.cat([x, torch.randn(6, 2)], 1), t, cond), mlp.trunk(x, t, cond))
     assert not any(p is q for p in joint.parameters() for q in mlp.parameters())  # a copy, trained on its own

@@ -32,10 +32,10 @@ def backbone(tmp_path_factory):
 @pytest.mark.parametrize("guidance", [0.0, 2.0])
 def test_dpm_solver_lands_on_a_constant_data_prediction(backbone, steps, guidance):
     target = torch.linspace(-1, 1, 32 * 32).reshape(1, 1, 32, 32)
-    baseline = DPMSolverBaseline(backbone, guidance_scale=guidance)
     oracle, unet = ConstantX0Oracle(backbone.alphas_cumprod, target), backbone.unet
     backbone.unet = oracle
     try:
+        baseline = DPMSolverBaseline(backbone, guidance_scale=guidance)  # its teacher: the backbone's network
         x0 = baseline.sample(torch.randn(2, 1, 32, 32), ["a handwritten digit one", "a handwritten digit two"], steps)
     finally:
         backbone.unet = unet

@@ -12,9 +12,8 @@ from torch.utils.data import DataLoader
 from fastgen.core import mse, trailing_timesteps
 from fastgen.fit import run
 from fastgen.methods.consistency_common import empty_prompt_cond
-from fastgen.methods.tscd import TSCD, AestheticReward, segment_boundary
+from fastgen.methods.tscd import TSCD, segment_boundary
 from fastgen.networks import build_random
-from test_eval_clip_aesthetic import tiny_768_file  # noqa: F401 (fixture)
 from test_lcm import assert_losses_fall, latent_batch, write_image_folder
 
 
@@ -155,18 +154,3 @@ def test_adversarial_and_reward_terms(tiny):
     assert all(torch.equal(v, m.teacher_unet.state_dict()[k]) for k, v in teacher_before.items())
     with pytest.raises(ValueError, match="adv_weights needs one weight per stage"):
         tscd(tiny, adv_weights=[1.0])
-
-
-def test_aesthetic_reward_is_the_evaluation_score_and_differentiable(tiny_768_file):  # noqa: F811
-    from fastgen.eval.aesthetic import load_aesthetic_scorer
-
-    args = (str(tiny_768_file / "sac+logos+ava1-l14-linearMSE.pth"), "fastgen-test-tiny-768", str(tiny_768_file / "clip.pt"))
-    reward = AestheticReward(*args)
-    images = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    pixels = (images.float() / 127.5 - 1.0).requires_grad_(True)
-    scores = reward(pixels)
-    torch.testing.assert_close(scores.detach(), load_aesthetic_scorer(*args)(images), rtol=1e-4, atol=1e-4)
-    scores.sum().backward()
-    assert pixels.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="method.reward_fn.weights"):
-        AestheticReward(str(tiny_768_file / "missing.pth"))

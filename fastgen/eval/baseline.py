@@ -5,41 +5,30 @@ once per (teacher weights, solver, evaluation fingerprint) and cached as JSON un
 `<eval.cache_dir>/baselines/`, so each run's leaderboard shows method and baseline side by side without
 re-sampling 25-step CFG images every time.
 
-A method takes part if it has a `teacher_unet` (the frozen teacher of distillation methods); the baseline's
-guidance is `eval.baseline_guidance`, else the method's `teacher_guidance_scale`, else its `guidance_scale`.
+A method takes part if it declares a teacher (`FewStepMethod.teacher_unet`, the frozen teacher of distillation
+methods); the baseline's guidance is `eval.baseline_guidance`, else the method's declared `teacher_guidance_scale`.
+The sampler is `DPMSolverBaseline` on that teacher, the class `method=dpm_solver` evaluates.
 """
 
 import hashlib
 import json
 from pathlib import Path
 
-from torch import nn
-
 from fastgen.atomic_write import write_text_atomic
 from fastgen.eval.distributed import is_rank_zero
 from fastgen.eval.leaderboard_io import append_rows, leaderboard_run_ids
 from fastgen.eval.run_eval import eval_prompts, run_eval
-from fastgen.methods.dpm_solver import SOLVERS, dpm_solver_sample
+from fastgen.methods.dpm_solver import SOLVERS, DPMSolverBaseline
 
 
-class TeacherBaseline(nn.Module):
-    """DPM-Solver++ (order 2, CFG) on a teacher UNet, with the FewStepMethod sampling contract."""
-
-    supported_steps = None
-
-    def __init__(self, backbone, teacher_unet, guidance_scale, algorithm_type="dpmsolver++"):
-        super().__init__()
-        if algorithm_type not in SOLVERS:
-            raise ValueError(f"eval.baseline_solvers: {algorithm_type!r} is not one of {list(SOLVERS)}")
-        self.backbone, self.teacher_unet, self.guidance_scale = backbone, teacher_unet, float(guidance_scale)
-        self.algorithm_type, self.name = algorithm_type, SOLVERS[algorithm_type]
-
-    def sample(self, noise, prompts, steps, generator=None):
-        return dpm_solver_sample(self.backbone, self.teacher_unet, noise, prompts, steps, self.guidance_scale,
-                                 self.algorithm_type, generator)
-
-    def nfe(self, steps):
-        return steps * (2 if self.guidance_scale > 1.0 else 1)
+def teacher_baseline(method, guidance_scale: float, algorithm_type: str = "dpmsolver++") -> DPMSolverBaseline:
+    """DPM-Solver++ (`algorithm_type`, one of `eval.baseline_solvers`) with CFG at `guidance_scale` on `method`'s
+    declared teacher."""
+    if algorithm_type not in SOLVERS:
+        raise ValueError(f"eval.baseline_solvers: {algorithm_type!r} is not one of {list(SOLVERS)}")
+    if method.teacher_unet is None:
+        raise ValueError(f"{type(method).__name__} declares no teacher (teacher_unet is None): it has no baseline rows")
+    return DPMSolverBaseline(method.backbone, guidance_scale, algorithm_type, teacher=method.teacher_unet)
 
 
 def teacher_sha256(unet):
@@ -62,15 +51,18 @@ def baseline_key(teacher_hash, settings, prompts, suite, guidance, algorithm_typ
 def baseline_rows(method, datamodule, settings, suite, **run_kwargs):
     """The baseline's rows for `method`'s teacher, every solver (computed once, then from the cache); [] without a
     teacher."""
-    teacher = getattr(method, "teacher_unet", None)
+    teacher = method.teacher_unet
     if teacher is None or not settings.baseline_steps:
         return []
-    guidance = settings.get("baseline_guidance") or getattr(method, "teacher_guidance_scale", method.guidance_scale)
+    guidance = settings.get("baseline_guidance") or method.teacher_guidance_scale
+    if guidance is None:
+        raise ValueError(f"{type(method).__name__} has a teacher but declares no teacher_guidance_scale (set it with "
+                         "FewStepMethod.set_teacher), and eval.baseline_guidance is not set")
     prompts = eval_prompts(datamodule, settings)
     teacher_hash = teacher_sha256(teacher)
     rows = []
     for algorithm_type in settings.baseline_solvers:
-        baseline = TeacherBaseline(method.backbone, teacher, guidance, algorithm_type)
+        baseline = teacher_baseline(method, guidance, algorithm_type)
         key = baseline_key(teacher_hash, settings, prompts, suite, guidance, algorithm_type)
         rows += _cached_rows(baseline, f"{baseline.name}-{key[:12]}", Path(settings.cache_dir) / "baselines" /
                              f"{key[:16]}.json", datamodule, settings, suite, run_kwargs)

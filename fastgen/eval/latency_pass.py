@@ -4,7 +4,7 @@ path at a time, after every training and evaluation job has finished (`python -m
 A row's sampling path is (experiment, sampler, steps): the experiment's config is composed as
 `python -m fastgen.fit experiment=<experiment> <overrides>` would compose it and its method built; a
 `dpm_solver` / `dpm_solver_sde` row samples the experiment's teacher with DPM-Solver++ at the row's guidance
-(`TeacherBaseline`), any other row the method itself (`<method>@init` controls included). The weights are the
+(`DPMSolverBaseline`), any other row the method itself (`<method>@init` controls included). The weights are the
 method's initialisation, not a row's trained checkpoint: sampling time and memory depend on the architecture,
 sampler, steps, guidance and batch, not on weight values. Each path runs `warmup` untimed and `repeats` timed
 calls of `sample_and_decode` on the evaluation's first `eval.batch_size` prompts and noises (`LatencyMeter`:
@@ -41,12 +41,12 @@ def compose_experiment(experiment: str, overrides=(), output_dir: str = "."):
 
 def row_sampler(method, label: str, guidance: float):
     """The module that samples the rows of `method`'s experiment labelled `label` (a control's without `@init`)."""
-    from fastgen.eval.baseline import TeacherBaseline
+    from fastgen.eval.baseline import teacher_baseline
     from fastgen.methods.dpm_solver import SOLVERS
 
     solvers = {row_name: algorithm for algorithm, row_name in SOLVERS.items()}
     if label in solvers:
-        return TeacherBaseline(method.backbone, method.teacher_unet, guidance, solvers[label])
+        return teacher_baseline(method, guidance, solvers[label])
     if label != method.name:
         raise ValueError(f"a leaderboard row's method {label!r} is not its experiment's method {method.name!r}")
     return method
@@ -70,6 +70,7 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
     rows have none) and write it into those rows. Returns the number of rows updated."""
     from hydra.utils import instantiate
 
+    from fastgen.build import build_method
     from fastgen.eval.run_eval import eval_prompts
     from fastgen.eval.settings import eval_settings
 
@@ -83,7 +84,7 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
         for experiment, rows in frame.groupby("experiment", sort=False):
             cfg = compose_experiment(experiment, overrides, output_dir=tmp)
             settings = eval_settings(cfg.eval)
-            method = instantiate(cfg.method, backbone=instantiate(cfg.model), _convert_="all").to(device).eval()
+            method = build_method(cfg.method, instantiate(cfg.model)).to(device).eval()
             prompts = eval_prompts(instantiate(cfg.data, _convert_="all"), settings)
             batch_size = min(settings.batch_size, settings.num_samples)
             rows = rows.assign(sampler=rows["method"].str.removesuffix(CONTROL))  # a control samples as its method

@@ -36,9 +36,9 @@ from fastgen.eval.settings import eval_settings
 
 
 def method_device(method):
-    """The device a method samples on (LightningModule.device, else its first parameter's)."""
-    device = getattr(method, "device", None)
-    return torch.device(device) if device is not None else next(method.parameters()).device
+    """The device a method samples on: its first parameter's (its backbone's network). Not LightningModule.device,
+    which only `.to()` sets: a baseline built around a trained method's teacher is never moved itself."""
+    return next(method.parameters()).device
 
 
 def eval_prompts(datamodule, settings):

@@ -10,7 +10,7 @@
 - `add_latent_input`: a copy of a diffusers UNet with a latent z input (DDGAN's G(x_t, t, z)).
 - `PosteriorChainGAN`: the DDGAN family (DDGAN, SIDDM): a generator G(x_t, t, z) → x̂0 over T levels,
   fakes drawn from the posterior q(x_{t−1} | x_t, x̂0), alternating D and G phases, posterior-chain sampling.
-  A subclass says what its discriminator sees and what its losses are (`build_discriminator`,
+  A subclass says what its discriminator sees and what its losses are (`joint_discriminator`,
   `d_losses`, `g_losses`).
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import copy
 from typing import Callable, NamedTuple
 
 import torch
@@ -140,11 +139,14 @@ class PosteriorChainGAN(FewStepMethod):
     """Denoising diffusion GAN over `num_steps` levels of the backbone's schedule (the trailing grid, e.g.
     T = 4: 249, 499, 749, 999, with −1 = clean below the first). G(x_t, t, c, z) → x̂0 is the backbone UNet
     with a latent input (`add_latent_input`), initialised from the backbone's weights (the pretrained teacher
-    when the model config loads one, random otherwise); D is `build_discriminator`'s, from the same network."""
+    when the model config loads one, random otherwise); D is the backbone's (`Backbone.build_discriminator`), from
+    the same network, joint (it also sees x_t) when the subclass says so."""
 
     supported_steps: tuple[int, ...] = ()
     guidance_scale = 0.0
+    optimizer_steps_per_training_step = 2  # one D and one G update
     sharded_networks = ("backbone.unet", "ema_unet", "discriminator")
+    joint_discriminator: bool  # D(x_{t−1}, t, c, x_cond=x_t) (DDGAN), or D(x_{t−1}, t, c) (SIDDM)
 
     def __init__(
         self,
@@ -170,11 +172,10 @@ class PosteriorChainGAN(FewStepMethod):
         self._check_config()
         self.automatic_optimization = False
         self.supported_steps = (num_steps,)
-        self.teacher_guidance_scale = teacher_guidance_scale
         pretrained = backbone.unet
         if eval_teacher:  # the evaluation's DPM-Solver++ baseline rows run on this copy; training never reads it
-            self.teacher_unet = copy.deepcopy(pretrained).requires_grad_(False).eval()
-        self.discriminator = self.build_discriminator(pretrained)
+            self.set_teacher(pretrained, teacher_guidance_scale)
+        self.discriminator = backbone.build_discriminator(joint=self.joint_discriminator)
         prepare_discriminator_for_r1(self.discriminator, r1_gamma, r1_sigma)
         backbone.unet = add_latent_input(pretrained, nz, z_init_scale)
         self.ema_unet = self.make_ema(backbone.unet)
@@ -193,11 +194,7 @@ class PosteriorChainGAN(FewStepMethod):
                 raise ValueError(f"method.{key}={hp[key]} must be a positive integer")
         check_r1_options(hp.r1_gamma, hp.r1_sigma)
 
-    # -- what a subclass defines --------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def build_discriminator(self, unet: nn.Module) -> nn.Module:
-        """The method's discriminator, D(x, t, cond, x_cond=None) -> logits."""
-
+    # -- what a subclass defines (and `joint_discriminator`) ------------------------------------------------------
     @abc.abstractmethod
     def d_losses(self, x0: torch.Tensor, cond: torch.Tensor, r1_weight: float) -> dict[str, torch.Tensor]:
         """Named discriminator-phase loss terms."""

@@ -1,11 +1,23 @@
 """`FewStepMethod`: the small contract every fastgen method implements.
 
 A method is a LightningModule that owns a `Backbone` and offers one sampling call,
-`sample(noise, prompts, steps, generator) -> x0` in model space, which is all the evaluation uses. The base
-class adds only what every method shares: training length in images seen (kimg, EDM-style — with
-manual optimisation Lightning's `global_step` counts every optimizer step), an EMA copy of the
-generator, and checkpoints that hold tensors and primitives only, without the frozen parts
-(text encoder, VAE, teacher).
+`sample(noise, prompts, steps, generator) -> x0` in model space, which is all the evaluation uses. Besides it, a
+method declares what the rest of fastgen reads about it (the evaluation's baseline, FSDP, the tests), each in one
+place — class attributes, or `__init__` where they depend on the config:
+
+    name, supported_steps, guidance_scale    its leaderboard name, the step counts it samples, its sampling CFG scale
+    teacher_unet, teacher_guidance_scale     its frozen teacher (None: none; set both with `set_teacher`) and the
+                                             CFG scale the DPM-Solver++ baseline samples that teacher at
+    optimizer_steps_per_training_step        optimizer steps one training step makes (Lightning's `global_step`
+                                             counts each: a D and a G update count two)
+    sharded_networks                         the networks FSDP shards: attribute paths of what trains, and its EMA
+    discriminator                            None, or `self.backbone.build_discriminator(joint)`: the backbone
+                                             decides the architecture, so no method names a network class
+
+The base class adds only what every method shares: training length in images seen (kimg, EDM-style — with
+manual optimisation Lightning's `global_step` counts every optimizer step), frozen copies (`frozen_copy`: the
+teacher, EMA copies), and checkpoints that hold tensors and primitives only, without the frozen parts (text
+encoder, VAE, teacher).
 """
 
 from __future__ import annotations
@@ -22,20 +34,42 @@ from fastgen.core import ema_update_
 FROZEN_PREFIXES = ("backbone.text_encoder.", "backbone.vae.", "teacher_unet.")
 
 
+def frozen_copy(module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A deep copy of `module` with gradients off and in eval mode (cast to `dtype` when given): a frozen teacher, or
+    an EMA copy (which `FewStepMethod.update_ema` moves in place)."""
+    copied = copy.deepcopy(module).requires_grad_(False).eval()
+    if dtype is not None and any(p.dtype != dtype for p in copied.parameters()):
+        copied = copied.to(dtype)
+    return copied
+
+
 class TrainingDiverged(ValueError):
     """A loss became NaN or infinite: the run stops with the step, the losses and what to change."""
 
 
 class FewStepMethod(L.LightningModule):
+    # -- the declared contract (see the module docstring); a method overrides what differs ---------------------------
     name: str = "method"
     supported_steps: tuple[int, ...] | None = None  # None: any number of steps
-    guidance_scale: float = 0.0
+    guidance_scale: float = 0.0  # the CFG scale `sample` uses (`nfe` counts a guided step twice)
+    teacher_guidance_scale: float | None = None  # the CFG scale of the baseline on `teacher_unet` (set_teacher)
+    optimizer_steps_per_training_step: float = 1  # a property where it depends on the config or the stage
+    sharded_networks: tuple[str, ...] = ()  # attribute paths, e.g. ("backbone.unet", "ema_unet", "discriminator")
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
+        self.teacher_unet: nn.Module | None = None  # frozen, never checkpointed; the baseline's teacher
+        self.discriminator: nn.Module | None = None  # self.backbone.build_discriminator(joint), for adversarial methods
         self.register_buffer("images_seen", torch.zeros((), dtype=torch.long))
         self.run_config: dict | None = None  # the resolved experiment config, set by fastgen.fit
+        self._sharded = False
+
+    def set_teacher(self, unet: nn.Module, guidance_scale: float, dtype: torch.dtype | None = None) -> None:
+        """Keep a frozen copy of `unet` as the teacher (training reads it as `teacher_unet`; the evaluation puts the
+        DPM-Solver++ baseline on it, with CFG at `guidance_scale`)."""
+        self.teacher_unet = frozen_copy(unet, dtype)
+        self.teacher_guidance_scale = guidance_scale
 
     # -- the contract the evaluation uses -------------------------------------------------------------
     @abc.abstractmethod
@@ -90,7 +124,7 @@ class FewStepMethod(L.LightningModule):
     # -- EMA of the generator only -------------------------------------------------------------------
     @staticmethod
     def make_ema(module: nn.Module) -> nn.Module:
-        return copy.deepcopy(module).requires_grad_(False).eval()
+        return frozen_copy(module)
 
     @staticmethod
     def update_ema(ema: nn.Module, online: nn.Module, decay: float) -> None:
@@ -100,25 +134,38 @@ class FewStepMethod(L.LightningModule):
         ema_update_([e for e, _ in pairs], [o for _, o in pairs], decay)
 
     # -- FSDP: shard the networks that train, and their EMA copies ------------------------------------------
-    sharded_networks: tuple[str, ...] = ()  # attribute paths, e.g. ("backbone.unet", "ema_unet", "discriminator")
+    def networks_to_shard(self) -> list[nn.Module]:
+        """The modules `sharded_networks` names; a declared network the configuration left out is None and skipped
+        (e.g. `target_unet` of LCM-LoRA, TSCD's `discriminator` without the adversarial term). A path that names
+        no attribute is an error in the method's declaration."""
+        networks = []
+        for path in self.sharded_networks:
+            network = self
+            for part in path.split("."):
+                try:
+                    network = getattr(network, part)
+                except AttributeError:
+                    raise AttributeError(f"{type(self).__name__}.sharded_networks names {path!r}, which it does not "
+                                         "have") from None
+                if network is None:
+                    break
+            if network is not None:
+                networks.append(network)
+        return networks
 
     def configure_model(self) -> None:
         """Under `trainer.strategy=fsdp` (fastgen.training.FSDP2Strategy, which sets `device_mesh`), shard every
         network in `sharded_networks` across the data-parallel ranks (`fastgen.methods.sharding`); frozen parts
         (teacher, text encoder, VAE) stay whole on every rank. A no-op under every other strategy."""
-        if self.device_mesh is None or getattr(self, "_sharded", False):
+        if self.device_mesh is None or self._sharded:
             return
         from torch.distributed.tensor import DTensor
 
         from fastgen.methods.sharding import check_shardable, shard_network
 
         check_shardable(self.hparams)
-        for path in self.sharded_networks:
-            network = self
-            for part in path.split("."):  # a network the configuration left out (None or absent) is skipped
-                network = getattr(network, part, None)
-            if network is not None:
-                shard_network(network, self.device_mesh["data_parallel"])
+        for network in self.networks_to_shard():
+            shard_network(network, self.device_mesh["data_parallel"])
         self._sharded = True
         unsharded = [name for name, p in self.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
         if unsharded:  # its gradients would not be averaged across ranks

@@ -5,13 +5,12 @@
 - `solver_grid_pairs`: (t_{n+k}, t_n) pairs on the skipping-step DDIM solver grid.
 - LoRA on the UNet with peft, with diffusers' LCM-LoRA target modules, saved in the format
   `StableDiffusionPipeline.load_lora_weights` reads.
-- `ConsistencyDistillation`: the FewStepMethod base of both, which sets up the frozen teacher (`teacher_unet`),
+- `ConsistencyDistillation`: the FewStepMethod base of both, which sets up the frozen teacher (`set_teacher`),
   the optional LoRA, the optional EMA target, and exports the sampling network at the end of training.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ from fastgen.core import append_dims, classifier_free_guidance, ddim_step, lcm_s
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.optim import adamw_with_schedule
 from fastgen.methods.sharding import whole_network
+from fastgen.networks.builders import DTYPES
 
 # diffusers examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py: attention projections,
 # feed-forward, resnet convs and shortcuts, down/upsampler convs and the resnets' time-embedding projection.
@@ -31,15 +31,13 @@ LORA_TARGET_MODULES = [
     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
 ]
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def frozen_teacher(unet: nn.Module, dtype: str = "fp32") -> nn.Module:
-    """A frozen eval-mode copy of `unet` in `dtype` (`fp32`, or `bf16`/`fp16` to halve its memory and time)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"method.teacher_dtype={dtype!r} is not one of {sorted(DTYPES)}")
-    teacher = copy.deepcopy(unet).requires_grad_(False).eval()
-    return teacher if teacher.dtype == DTYPES[dtype] else teacher.to(DTYPES[dtype])
+def torch_dtype(name: str) -> torch.dtype:
+    """The frozen teacher's dtype: `fp32`, or `bf16`/`fp16` to halve its memory and time."""
+    if name not in DTYPES:
+        raise ValueError(f"method.teacher_dtype={name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
 
 
 @torch.no_grad()
@@ -124,13 +122,15 @@ def export_unet(unet: nn.Module, out_dir: str | os.PathLike) -> Path:
 class ConsistencyDistillation(FewStepMethod):
     """Teacher, student (full or LoRA), target (EMA or none) and export, shared by LCM and TSCD."""
 
-    sharded_networks = ("backbone.unet", "target_unet", "discriminator")  # TSCD's optional adversarial term has D
+    sharded_networks = ("backbone.unet", "target_unet")
 
-    def init_networks(self, teacher_dtype="fp32", lora_rank=None, lora_alpha=None, target_ema_decay=None, make_student=None):
-        """teacher_unet ← frozen copy of the backbone's UNet; the student is the backbone's UNet (optionally rebuilt
-        by `make_student`, optionally with a LoRA); target_unet ← its EMA copy, or None (online under no_grad)."""
+    def init_networks(self, teacher_guidance_scale, teacher_dtype="fp32", lora_rank=None, lora_alpha=None,
+                      target_ema_decay=None, make_student=None):
+        """The teacher ← frozen copy of the backbone's UNet in `teacher_dtype`, its solver step guided at
+        `teacher_guidance_scale` (`set_teacher`); the student is the backbone's UNet (optionally rebuilt by
+        `make_student`, optionally with a LoRA); target_unet ← its EMA copy, or None (online under no_grad)."""
         bb = self.backbone
-        self.teacher_unet = frozen_teacher(bb.unet, teacher_dtype)
+        self.set_teacher(bb.unet, teacher_guidance_scale, torch_dtype(teacher_dtype))
         if make_student is not None:
             bb.unet = make_student(bb.unet)
         self.lora = lora_rank is not None

@@ -31,8 +31,8 @@ Deviations / open choices (config fields; defaults from METHODS.md and NVlabs/de
   uses a mapping MLP into its NCSN++'s AdaGN layers); nz = 32 (paper 100). cond_proj starts small-random
   (`z_init_scale` 0.1), not zero, so G's samples depend on z from the first step.
 - G and D start from the backbone UNet (the teacher when the model config loads one); D is its encoder
-  half with a logit head (`build_discriminator`: `UNetEncoderDiscriminator` for a UNet), text-conditioned; the
-  x_t input channels start at zero.
+  half with a logit head (`Backbone.build_discriminator(joint=True)`: `UNetEncoderDiscriminator` for a UNet),
+  text-conditioned; the x_t input channels start at zero.
   D's time input is the noise level of x_{t−1} (0 at the clean end), as in the official code.
 - R1 at the official strength: γ/2 on every r1_every-th D step, unscaled (`r1_lazy_scaling: true` gives
   StyleGAN2's γ/2·r1_every); γ = 0.02, every 15 as for CIFAR-10; with R1 on, D runs without gradient checkpointing (its double backward
@@ -47,19 +47,14 @@ Deviations / open choices (config fields; defaults from METHODS.md and NVlabs/de
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from fastgen.core import g_loss_softplus
 from fastgen.methods.adversarial import PosteriorChainGAN, discriminator_losses
-from fastgen.networks.discriminators import build_discriminator
 
 
 class DDGAN(PosteriorChainGAN):
     name = "ddgan"
-
-    def build_discriminator(self, unet: nn.Module) -> nn.Module:
-        """Joint D(x_{t−1}, s, c, x_cond=x_t): x_t enters as extra input channels."""
-        return build_discriminator(unet, cond_channels=unet.config.in_channels)
+    joint_discriminator = True  # D(x_{t−1}, s, c, x_cond=x_t): x_t enters as extra input channels
 
     def d_losses(self, x0: torch.Tensor, cond: torch.Tensor, r1_weight: float) -> dict[str, torch.Tensor]:
         """Real pair (x_{t−1}, x_t) vs fake pair (x'_{t−1}, x_t): the same x_t on both sides."""

@@ -66,21 +66,21 @@ def dpm_solver_sample(backbone, unet, noise, prompts, steps: int, guidance_scale
 
 
 class DPMSolverBaseline(FewStepMethod):
-    """The teacher sampled with DPM-Solver++ and CFG: no training, any number of steps."""
+    """DPM-Solver++ (`algorithm_type` in SOLVERS) with CFG on a teacher: no training, any number of steps. The teacher
+    is the backbone's UNet (`method=dpm_solver`), or `teacher`, a distilled method's frozen `teacher_unet` (the
+    evaluation's baseline rows, fastgen.eval.baseline): both share one baseline cache, keyed by the teacher's weights."""
 
     name = "dpm_solver"
 
-    def __init__(self, backbone, guidance_scale: float = 7.5):
+    def __init__(self, backbone, guidance_scale: float = 7.5, algorithm_type: str = "dpmsolver++", teacher=None):
+        if algorithm_type not in SOLVERS:
+            raise ValueError(f"method.algorithm_type={algorithm_type!r} is not one of {list(SOLVERS)}")
         super().__init__(backbone)
-        self.save_hyperparameters(ignore=["backbone"])
-        self.guidance_scale = self.teacher_guidance_scale = guidance_scale
-        backbone.unet.requires_grad_(False).eval()
-
-    @property
-    def teacher_unet(self):
-        """The teacher is the backbone's UNet: the evaluation's baseline cache is shared with distilled methods."""
-        return self.backbone.unet
+        self.save_hyperparameters(ignore=["backbone", "teacher"])
+        self.name = SOLVERS[algorithm_type]
+        self.guidance_scale = self.teacher_guidance_scale = float(guidance_scale)
+        self.teacher_unet = (backbone.unet if teacher is None else teacher).requires_grad_(False).eval()
 
     def sample(self, noise, prompts, steps, generator=None):
-        return dpm_solver_sample(self.backbone, self.backbone.unet, noise, prompts, steps, self.guidance_scale,
-                                 generator=generator)
+        return dpm_solver_sample(self.backbone, self.teacher_unet, noise, prompts, steps, self.guidance_scale,
+                                 self.hparams.algorithm_type, generator)

@@ -104,16 +104,15 @@ class LCM(ConsistencyDistillation):
             raise ValueError(f"need 1 <= method.guidance_min <= method.guidance_max (CFG scales), got {guidance_min}, {guidance_max}")
         if lora_rank is not None and guidance_embed_dim:
             raise ValueError("LCM-LoRA has no ω input (a stock SD pipeline could not load it): set method.guidance_embed_dim=null")
+        # sampling: ω is an input (one evaluation per step); the baseline compares with the teacher at that scale
+        self.sample_guidance = sample_guidance if guidance_embed_dim else guidance_max
+        self.guidance_scale = self.sample_guidance if guidance_embed_dim else 0.0
         self.init_networks(
-            teacher_dtype, lora_rank, lora_alpha, target_ema_decay,
+            self.sample_guidance, teacher_dtype, lora_rank, lora_alpha, target_ema_decay,
             make_student=(lambda unet: add_guidance_embedding(unet, guidance_embed_dim)) if guidance_embed_dim else None,
         )
         if self.lora:
             self.name = "lcm_lora"
-        # sampling: ω is an input (one evaluation per step); the baseline compares with the teacher at that scale
-        self.sample_guidance = sample_guidance if guidance_embed_dim else guidance_max
-        self.guidance_scale = self.sample_guidance if guidance_embed_dim else 0.0
-        self.teacher_guidance_scale = self.sample_guidance
 
     def nfe(self, steps: int) -> int:
         return steps

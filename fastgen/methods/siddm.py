@@ -26,7 +26,7 @@ Deviations / open choices (config fields; defaults as in fastgen/methods/ddgan.p
   code: with ε' = ε the term would collapse to ᾱ_{t|s}‖x'_{t−1} − x_{t−1}‖², an x0 regression in disguise
   (x_t carries ε, and x'_{t−1} depends on x_t, so the two forms differ in expected gradient).
 - The paper's UNet discriminator with an auxiliary denoising head is not used: D is the same
-  `build_discriminator` network as UFOGen's (marginal) and DDGAN's (joint); R1 γ = 0.02 every 15, as DDGAN.
+  `Backbone.build_discriminator` network as UFOGen's (marginal) and DDGAN's (joint); R1 γ = 0.02 every 15, as DDGAN.
 - Levels on the trailing grid of the backbone's schedule; z through `time_cond_proj_dim` (see ddgan.py).
 """
 
@@ -34,24 +34,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fastgen.core import g_loss_softplus, q_step
 from fastgen.methods.adversarial import PosteriorChainGAN, discriminator_losses
-from fastgen.networks.discriminators import build_discriminator
 
 
 class SIDDM(PosteriorChainGAN):
     name = "siddm"
+    joint_discriminator = False  # marginal D(x_{t−1}, s, c): it never sees x_t
 
     def __init__(self, backbone, lambda_afd: float = 1.0, **kwargs):
         if lambda_afd < 0:
             raise ValueError(f"method.lambda_afd={lambda_afd} must be >= 0 (0 = no auxiliary forward diffusion)")
         super().__init__(backbone, **kwargs)
-
-    def build_discriminator(self, unet: nn.Module) -> nn.Module:
-        """Marginal D(x_{t−1}, s, c): it never sees x_t."""
-        return build_discriminator(unet)
 
     def d_losses(self, x0: torch.Tensor, cond: torch.Tensor, r1_weight: float) -> dict[str, torch.Tensor]:
         """Real x_{t−1} vs fake x'_{t−1}, each alone."""

@@ -26,10 +26,11 @@ and a point on a boundary belongs to the segment below it (the sampler's next st
 
 Optional terms (off by default):
 - `adv_weights` (one weight per stage, e.g. rising as k falls): a non-saturating GAN term on Φ_θ(x_{t_n} → t_e)
-  against real q(x_{t_e} | x0), judged by `build_discriminator`'s D (for a UNet the teacher UNet's encoder, conditioned on
-  t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and `d_real`, `d_fake`).
-- `reward_fn` (a callable pixels in [-1, 1], prompts -> differentiable scores [B], e.g. `AestheticReward`, the
-  LAION aesthetic predictor of fastgen/eval/aesthetic.py) with `reward_weight`: the hinge
+  against real q(x_{t_e} | x0), judged by the backbone's D (`Backbone.build_discriminator`; for a UNet the teacher
+  UNet's encoder, conditioned on t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and `d_real`, `d_fake`).
+- `reward` (a reward model's spec, e.g. {name: aesthetic, weights: ..., clip_pretrained: openai}: the LAION aesthetic
+  predictor of the evaluation, fastgen/eval/rewards.py), built by the entry point (`fastgen.build.build_method`) and
+  passed in as `reward_fn` (pixels in [-1, 1], prompts -> differentiable scores [B]), with `reward_weight`: the hinge
   reward_weight·mean(relu(reward_margin − score)) on the decoded student x̂0(x_{t_n}); logged as `reward`.
 
 Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of the last stage is what it was trained
@@ -71,32 +72,6 @@ def segment_boundary(t: torch.Tensor, k: int, T: int = 1000) -> torch.Tensor:
     return tau[j] - 1
 
 
-class AestheticReward:
-    """Differentiable LAION aesthetic score (fastgen.eval.aesthetic's predictor) of pixels in [-1, 1]: a `reward_fn`.
-
-    `weights`: sac+logos+ava1-l14-linearMSE.pth; `clip_pretrained`: OpenAI ViT-L/14 weights (tag or file).
-    A plain callable (not a module), so its frozen weights stay out of the method's checkpoints.
-    """
-
-    def __init__(self, weights: str, clip_model: str = "ViT-L-14", clip_pretrained: str | None = None):
-        from fastgen.eval.aesthetic import load_aesthetic_scorer
-
-        scorer = load_aesthetic_scorer(weights, clip_model, clip_pretrained)
-        if scorer is None:
-            raise ValueError(
-                "the aesthetic reward needs the LAION predictor and its CLIP: set method.reward_fn.weights="
-                "/path/to/sac+logos+ava1-l14-linearMSE.pth and method.reward_fn.clip_pretrained=openai (or a file)"
-            )
-        self.mlp, self.clip = scorer.mlp.requires_grad_(False), scorer.clip_model
-
-    def __call__(self, pixels: torch.Tensor, prompts=None) -> torch.Tensor:
-        from fastgen.eval.open_clip_models import clip_preprocess
-
-        self.mlp.to(pixels.device), self.clip.to(pixels.device)
-        x = clip_preprocess((pixels.float().clamp(-1, 1) + 1) * 127.5, self.clip)
-        return self.mlp(F.normalize(self.clip.encode_image(x).float(), dim=-1)).squeeze(-1)
-
-
 def decode_with_grad(backbone, x0: torch.Tensor) -> torch.Tensor:
     """Model space -> pixels in [-1, 1], differentiable (Backbone.decode runs under no_grad)."""
     if backbone.vae is None:
@@ -106,6 +81,12 @@ def decode_with_grad(backbone, x0: torch.Tensor) -> torch.Tensor:
 
 class TSCD(ConsistencyDistillation):
     name = "tscd"
+    sharded_networks = ("backbone.unet", "target_unet", "discriminator")
+
+    @property
+    def optimizer_steps_per_training_step(self) -> int:
+        """The student's step, plus the discriminator's in a stage whose adversarial weight is not zero."""
+        return 2 if self.adv_weights and self.adv_weights[int(self.stage)] else 1
 
     def __init__(
         self,
@@ -125,6 +106,7 @@ class TSCD(ConsistencyDistillation):
         lora_alpha: float | None = None,
         adv_weights: tuple[float, ...] | None = None,
         disc_lr: float = 1e-5,
+        reward: dict | None = None,
         reward_fn=None,
         reward_weight: float = 0.0,
         reward_margin: float = 6.0,
@@ -138,16 +120,17 @@ class TSCD(ConsistencyDistillation):
         self.segments, self.stage_ends = self._check_stages(segments, stage_kimg, adv_weights)
         if not 0.0 <= sample_eta <= 1.0:
             raise ValueError(f"method.sample_eta (TCD's gamma) must be in [0, 1], got {sample_eta}")
+        if reward is not None and reward_fn is None:
+            raise ValueError(f"method.reward={reward} asks for a reward model that was not passed in: build the method "
+                             "with fastgen.build.build_method (as fastgen.fit and fastgen.evaluate do)")
         if reward_weight and reward_fn is None:
-            raise ValueError("method.reward_weight > 0 needs method.reward_fn (e.g. fastgen.methods.tscd.AestheticReward)")
+            raise ValueError("method.reward_weight > 0 needs a reward model: set method.reward (e.g. {name: aesthetic, "
+                             "weights: /path/to/sac+logos+ava1-l14-linearMSE.pth, clip_pretrained: openai})")
         self.adv_weights = list(adv_weights) if adv_weights else None
         if self.adv_weights:
-            from fastgen.networks.discriminators import build_discriminator
-
-            self.discriminator = build_discriminator(backbone.unet)  # the teacher's encoder, fp32, trainable
+            self.discriminator = backbone.build_discriminator()  # the teacher's encoder, fp32, trainable
         self.reward_fn = reward_fn
-        self.init_networks(teacher_dtype, lora_rank, lora_alpha, target_ema_decay)
-        self.teacher_guidance_scale = teacher_guidance_scale
+        self.init_networks(teacher_guidance_scale, teacher_dtype, lora_rank, lora_alpha, target_ema_decay)
         self.guidance_scale = 0.0
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))
         self.register_buffer("segments_now", torch.tensor(self.segments[0], dtype=torch.long))

@@ -18,7 +18,7 @@ s is removed, and the reconstruction term moves to x0 itself. So x̂0 = G(x_T, T
 one step, and k steps by predicting x̂0, re-noising it to the next grid time with *fresh* noise (again the
 marginal, not the posterior), and predicting again.
 
-Discriminator D(x_s, s, c): the backbone network's discriminator (`build_discriminator`; for a UNet,
+Discriminator D(x_s, s, c): the backbone network's discriminator (`Backbone.build_discriminator`; for a UNet,
 `UNetEncoderDiscriminator`, the encoder half — conv_in, time embedding, down blocks, mid block — of the same
 pretrained UNet plus a small logit head, text-conditioned through the UNet's cross-attention), so both G and D
 start from the diffusion model (paper Sec. 4.2).
@@ -60,8 +60,6 @@ Deviations / open choices (config fields, defaults from METHODS.md and xuyanwu/S
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
@@ -78,7 +76,6 @@ from fastgen.methods.adversarial import (
     adversarial_phase, check_r1_options, discriminator_losses, lazy_r1_weight, prepare_discriminator_for_r1,
 )
 from fastgen.methods.base import FewStepMethod
-from fastgen.networks.discriminators import build_discriminator
 
 GAN_LOSSES = {"softplus": (d_loss_softplus, g_loss_softplus), "clamped_bce": (d_loss_clamped_bce, g_loss_clamped_bce)}
 REC_WEIGHTINGS = ("uniform", "snr")
@@ -98,6 +95,11 @@ class UFOGen(FewStepMethod):
     supported_steps = (1, 2, 4, 8)
     guidance_scale = 0.0
     sharded_networks = ("backbone.unet", "ema_unet", "discriminator")
+
+    @property
+    def optimizer_steps_per_training_step(self) -> float:
+        """A G step every training step, a D step every `d_every`-th (Lightning counts both): on average."""
+        return 1 + 1 / self.hparams.d_every
 
     def __init__(
         self,
@@ -127,13 +129,12 @@ class UFOGen(FewStepMethod):
         self.save_hyperparameters(ignore=["backbone"])
         self._check_config()
         self.automatic_optimization = False
-        self.teacher_guidance_scale = teacher_guidance_scale
         unet = backbone.unet
         # D and the teacher copy start from the pretrained UNet, before any LoRA adapter is injected
-        self.discriminator = build_discriminator(unet)
+        self.discriminator = backbone.build_discriminator()
         prepare_discriminator_for_r1(self.discriminator, r1_gamma, r1_sigma)
         if eval_teacher:
-            self.teacher_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+            self.set_teacher(unet, teacher_guidance_scale)
         if lora_rank > 0:
             add_lora(unet, lora_rank, lora_alpha)
         self.ema_unet = self.make_ema(unet)  # with LoRA, only the adapters move (update_ema)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fastgen.core import make_alphas_cumprod, prediction_to_x0_eps
+from fastgen.networks.discriminators import UNetEncoderDiscriminator
 
 
 class Backbone(nn.Module):
@@ -106,6 +107,14 @@ class Backbone(nn.Module):
 
     def batch_to_cond(self, batch: dict) -> torch.Tensor:
         return batch["prompt_embeds"] if "prompt_embeds" in batch else self.encode_prompts(batch["prompt"])
+
+    # -- the adversarial methods' discriminator ---------------------------------------------------------
+    def build_discriminator(self, joint: bool = False) -> nn.Module:
+        """A trainable discriminator D(x, t, cond, x_cond=None) -> logits [B] copied from the backbone's current network
+        (so a pretrained network initialises D: build it before a method changes `unet`). `joint`: D also sees an
+        `x_cond` shaped like x (DDGAN's x_t), concatenated on channels. For a UNet, its encoder half with a logit head
+        (`UNetEncoderDiscriminator`); another backbone overrides this with its network's own (PointsBackbone)."""
+        return UNetEncoderDiscriminator(self.unet, self.sample_shape[0] if joint else 0)
 
     # -- the x0-space denoiser -----------------------------------------------------------------------
     def denoise(self, unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **unet_kwargs):

@@ -1,7 +1,7 @@
 """Discriminators of the adversarial methods, with one call signature: `D(x, t, cond, x_cond=None) -> logits [B]`.
 
-`build_discriminator(unet, cond_channels)` is how a method gets one: the discriminator that belongs to its
-generator network's type, so no method names a network class.
+A method gets one from its backbone, `Backbone.build_discriminator(joint)`: the backbone decides which of these
+belongs to its network, so no method names a network class.
 
 `UNetEncoderDiscriminator` is the UFOGen/SIDDM design: the encoder half of a (pretrained) diffusion
 UNet — conv_in, time embedding, down blocks and mid block, text-conditioned through their
@@ -84,14 +84,3 @@ class MLPDiscriminator(nn.Module):
         _check_x_cond(self.cond_channels, x_cond)
         h = self.body.trunk(torch.cat([x, x_cond], 1) if x_cond is not None else x, t, cond)
         return self.head(h).float().squeeze(-1)
-
-
-def build_discriminator(unet: nn.Module, cond_channels: int = 0) -> nn.Module:
-    """The discriminator of generator network `unet` (copied from it, so a pretrained network initialises D):
-    `MLPDiscriminator` for a points MLP, `UNetEncoderDiscriminator` for a diffusers UNet. `cond_channels` > 0 adds
-    a joint input `x_cond` of that many channels (DDGAN's x_t)."""
-    from fastgen.networks.mlp import PointsMLP
-
-    if isinstance(unet, PointsMLP):
-        return MLPDiscriminator(unet, cond_channels)
-    return UNetEncoderDiscriminator(unet, cond_channels)

@@ -2,9 +2,10 @@
 
 `PointsBackbone` differs from `Backbone` only where points are not images: the model space is R^D itself
 (`encode`/`decode` are the identity — no VAE and no clamp to [-1, 1]), `sample_shape` is (D,), batches carry
-the points as `x0`, and prompt embeddings are cached per prompt (a points data set has a handful of captions; the
-text encoder is frozen, so the cache is exact). Everything else — schedule, prediction type, `denoise` — is
-`Backbone`'s, so every method and sampler runs on it unchanged.
+the points as `x0`, the discriminator is the MLP's (`MLPDiscriminator`), and prompt embeddings are cached per
+prompt (a points data set has a handful of captions; the text encoder is frozen, so the cache is exact).
+Everything else — schedule, prediction type, `denoise` — is `Backbone`'s, so every method and sampler runs on it
+unchanged.
 
 Text encoder: the small frozen CLIP text encoder of the committed MNIST teacher (fastgen/assets/mnist_teacher,
 random-init and frozen there too) with the real CLIP tokenizer; a saved points backbone holds its own copy
@@ -27,6 +28,7 @@ import torch
 from fastgen.networks.backbone import Backbone
 from fastgen.networks.builders import SCHEDULE_KEYS, MissingWeightsError, _default_cache_dir, _dtype, resolve_pretrained
 from fastgen.networks.clip_tokenizer import build_clip_tokenizer
+from fastgen.networks.discriminators import MLPDiscriminator
 from fastgen.networks.mlp import PointsMLP
 
 DEFAULT_TEXT_ENCODER = Path(__file__).resolve().parents[1] / "assets" / "mnist_teacher"
@@ -48,6 +50,10 @@ class PointsBackbone(Backbone):
     @property
     def image_shape(self) -> tuple[int]:
         return self.sample_shape
+
+    def build_discriminator(self, joint: bool = False) -> MLPDiscriminator:
+        """The MLP's discriminator (`MLPDiscriminator`: a copy of its trunk plus a logit head); `joint` adds x_cond."""
+        return MLPDiscriminator(self.unet, self.sample_shape[0] if joint else 0)
 
     @torch.no_grad()
     def encode(self, points: torch.Tensor) -> torch.Tensor:
