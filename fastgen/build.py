@@ -1,4 +1,4 @@
-"""`build_method`: the one place a method is built from its config — by `fastgen.fit`, `fastgen.evaluate`, a
+"""`instantiate_method`: the one place a method is built from its config — by `fastgen.fit`, `fastgen.evaluate`, a
 checkpoint's rebuild (`fastgen.eval.checkpoint`) and the latency pass alike.
 
 It instantiates `cfg.method` (Hydra) around the backbone and injects what a method does not build itself: a reward
@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 
-def build_method(method_cfg, backbone):
+def instantiate_method(method_cfg, backbone):
     """The method `method_cfg` (a DictConfig or plain dict with `_target_`) describes, around `backbone`."""
     reward = method_cfg.get("reward")
     injected = {}

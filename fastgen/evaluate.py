@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.build import build_method
+from fastgen.build import instantiate_method
 from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
 
 register_resolvers()
@@ -34,7 +34,7 @@ def build_method(cfg, device):
         return method, datamodule, config, run_dir_of(cfg.ckpt)
     config = OmegaConf.to_container(cfg, resolve=True)
     backbone = instantiate(cfg.model)
-    method = build_method(cfg.method, backbone).to(device).eval()
+    method = instantiate_method(cfg.method, backbone).to(device).eval()
     datamodule = instantiate(cfg.data, _convert_="all")
     return method, datamodule, config, Path(cfg.paths.runs_dir) / f"eval_{method.name}"
 

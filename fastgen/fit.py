@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.build import build_method
+from fastgen.build import instantiate_method
 from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
 from fastgen.run_folder import (checkpoints_dir, refuse_fresh_run_over_old, remove_interrupted_saves,
                                 resolve_ckpt_path, write_run_config)
@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> L.LightningModule:
     ckpt_path = prepare_run_folder(cfg)
     L.seed_everything(cfg.seed, workers=True)
     backbone = instantiate(cfg.model)  # missing weights fail here, before anything trains
-    method = build_method(cfg.method, backbone)
+    method = instantiate_method(cfg.method, backbone)
     method.run_config = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     own = ckpt_path is not None and Path(ckpt_path).resolve().parent == checkpoints_dir(cfg.paths.output_dir).resolve()

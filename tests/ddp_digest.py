@@ -1,7 +1,8 @@
 """A test-only callback: at the end of training each rank writes a digest of every trainable and EMA tensor, with
 Lightning's step count, the images seen and the method's declared optimizer steps per training step.
 
-Used by test_ddp_training.py and test_fsdp_training.py through `+callbacks.digest._target_=ddp_digest.WeightsDigest` (tests/ on PYTHONPATH).
+Used by test_ddp_training.py and test_fsdp_training.py through `+callbacks.digest._target_=ddp_digest.WeightsDigest`
+(tests/ on PYTHONPATH).
 """
 
 import hashlib

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 class KnowledgeDistillation(FewStepMethod):
-    """One-step knowledge distillation (Luhman & Luhman 2021, arXiv 2101.02388): the student G(x_T, T, c) → x̂0 regresses
-    the teacher's `teacher_steps`-step DPM-Solver++ sample from the same noise x_T. Loss logged: `kd`."""
+    """One-step knowledge distillation (Luhman & Luhman 2021, arXiv 2101.02388): the student G(x_T, T, c) → x̂0
+    regresses the teacher's `teacher_steps`-step DPM-Solver++ sample from the same noise x_T. Loss logged: `kd`."""
 
     name = "kd"
     supported_steps = (1,)

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fastgen.build import build_method
+from fastgen.build import instantiate_method
 from fastgen.run_folder import read_checkpoint_header
 
 
@@ -41,7 +41,7 @@ def method_from_checkpoint(ckpt_path, device="cpu"):
     checkpoint = read_checkpoint_header(ckpt_path, "ckpt")  # tensors memory-mapped; a truncated file: one line
     config = checkpoint_config(ckpt_path, checkpoint)
     backbone = instantiate(config["model"])
-    method = build_method(config["method"], backbone)
+    method = instantiate_method(config["method"], backbone)
     method.load_state_dict(checkpoint["state_dict"])
     method.run_config = config
     datamodule = instantiate(config["data"], _convert_="all")

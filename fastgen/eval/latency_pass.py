@@ -70,7 +70,7 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
     rows have none) and write it into those rows. Returns the number of rows updated."""
     from hydra.utils import instantiate
 
-    from fastgen.build import build_method
+    from fastgen.build import instantiate_method
     from fastgen.eval.run_eval import eval_prompts
     from fastgen.eval.settings import eval_settings
 
@@ -84,7 +84,7 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
         for experiment, rows in frame.groupby("experiment", sort=False):
             cfg = compose_experiment(experiment, overrides, output_dir=tmp)
             settings = eval_settings(cfg.eval)
-            method = build_method(cfg.method, instantiate(cfg.model)).to(device).eval()
+            method = instantiate_method(cfg.method, instantiate(cfg.model)).to(device).eval()
             prompts = eval_prompts(instantiate(cfg.data, _convert_="all"), settings)
             batch_size = min(settings.batch_size, settings.num_samples)
             rows = rows.assign(sampler=rows["method"].str.removesuffix(CONTROL))  # a control samples as its method

@@ -1,6 +1,6 @@
 """Reward models: differentiable scores of generated pixels that a method may train on (TSCD's reward hinge, Hyper-SD
 Sec. 3.3). They live with the evaluation's scorers they reuse; a method never builds one (nothing under
-fastgen/methods imports fastgen/eval): the entry point that builds the method (`fastgen.build.build_method`) reads
+fastgen/methods imports fastgen/eval): the entry point that builds the method (`fastgen.build.instantiate_method`) reads
 the method config's `reward` spec, builds the reward here and passes it in as `reward_fn`.
 
 A reward is a plain callable, pixels [B, C, H, W] in [-1, 1] and the prompts -> scores [B] (differentiable in the

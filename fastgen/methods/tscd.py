@@ -27,10 +27,11 @@ and a point on a boundary belongs to the segment below it (the sampler's next st
 Optional terms (off by default):
 - `adv_weights` (one weight per stage, e.g. rising as k falls): a non-saturating GAN term on Φ_θ(x_{t_n} → t_e)
   against real q(x_{t_e} | x0), judged by the backbone's D (`Backbone.build_discriminator`; for a UNet the teacher
-  UNet's encoder, conditioned on t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and `d_real`, `d_fake`).
+  UNet's encoder, conditioned on t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and
+  `d_real`, `d_fake`).
 - `reward` (a reward model's spec, e.g. {name: aesthetic, weights: ..., clip_pretrained: openai}: the LAION aesthetic
-  predictor of the evaluation, fastgen/eval/rewards.py), built by the entry point (`fastgen.build.build_method`) and
-  passed in as `reward_fn` (pixels in [-1, 1], prompts -> differentiable scores [B]), with `reward_weight`: the hinge
+  predictor of the evaluation, fastgen/eval/rewards.py), built by the entry point (`fastgen.build.instantiate_method`)
+  and passed in as `reward_fn` (pixels in [-1, 1], prompts -> differentiable scores [B]), with `reward_weight`: the hinge
   reward_weight·mean(relu(reward_margin − score)) on the decoded student x̂0(x_{t_n}); logged as `reward`.
 
 Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of the last stage is what it was trained
@@ -122,7 +123,7 @@ class TSCD(ConsistencyDistillation):
             raise ValueError(f"method.sample_eta (TCD's gamma) must be in [0, 1], got {sample_eta}")
         if reward is not None and reward_fn is None:
             raise ValueError(f"method.reward={reward} asks for a reward model that was not passed in: build the method "
-                             "with fastgen.build.build_method (as fastgen.fit and fastgen.evaluate do)")
+                             "with fastgen.build.instantiate_method (as fastgen.fit and fastgen.evaluate do)")
         if reward_weight and reward_fn is None:
             raise ValueError("method.reward_weight > 0 needs a reward model: set method.reward (e.g. {name: aesthetic, "
                              "weights: /path/to/sac+logos+ava1-l14-linearMSE.pth, clip_pretrained: openai})")
