@@ -43,5 +43,6 @@ def method_from_checkpoint(ckpt_path, device="cpu"):
     method = instantiate(config["method"], backbone=backbone, _convert_="all")
     method.load_state_dict(checkpoint["state_dict"])
     method.run_config = config
+    method.checkpoint_dir = ckpt_path.parent  # files a method keeps beside its checkpoints (TSCD's stage weights)
     datamodule = instantiate(config["data"], _convert_="all")
     return method.to(device).eval(), datamodule, config

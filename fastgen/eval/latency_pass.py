@@ -4,9 +4,9 @@ path at a time, after every training and evaluation job has finished (`python -m
 A row's sampling path is (experiment, sampler, steps): the experiment's config is composed as
 `python -m fastgen.fit experiment=<experiment> <overrides>` would compose it and its method built; a
 `dpm_solver` / `dpm_solver_sde` row samples the experiment's teacher with DPM-Solver++ at the row's guidance
-(`TeacherBaseline`), any other row the method itself (`<method>@init` controls included). The weights are the
-method's initialisation, not a row's trained checkpoint: sampling time and memory depend on the architecture,
-sampler, steps, guidance and batch, not on weight values. Each path runs `warmup` untimed and `repeats` timed
+(`TeacherBaseline`), a `<method>@init` control the method's `control()`, any other row the method itself
+(`<method>@final` rows included). The weights are the method's initialisation, not a row's trained checkpoint:
+sampling time and memory depend on the architecture, sampler, steps, guidance and batch, not on weight values. Each path runs `warmup` untimed and `repeats` timed
 calls of `sample_and_decode` on the evaluation's first `eval.batch_size` prompts and noises (`LatencyMeter`:
 median ms/image); every row of that path (each training seed, the control) gets the same LATENCY_COLUMNS.
 A row whose NFE differs from the rebuilt sampler's is an error: the experiment changed since the row was written.
@@ -21,6 +21,7 @@ import torch
 from fastgen.eval.latency import LATENCY_COLUMNS, LatencyMeter
 from fastgen.eval.leaderboard_io import read_leaderboard, update_rows
 from fastgen.eval.leaderboard_table import CONTROL
+from fastgen.methods.base import FINAL_MODEL
 
 
 def compose_experiment(experiment: str, overrides=(), output_dir: str = "."):
@@ -40,14 +41,18 @@ def compose_experiment(experiment: str, overrides=(), output_dir: str = "."):
 
 
 def row_sampler(method, label: str, guidance: float):
-    """The module that samples the rows of `method`'s experiment labelled `label` (a control's without `@init`)."""
+    """The module that samples the rows of `method`'s experiment labelled `label`: a baseline's, the method's
+    control (`<method>@init`: `method.control()`), or the method itself (also its `@final` rows: same architecture
+    and sampler, other weights)."""
     from fastgen.eval.baseline import TeacherBaseline
     from fastgen.methods.dpm_solver import SOLVERS
 
     solvers = {row_name: algorithm for algorithm, row_name in SOLVERS.items()}
     if label in solvers:
         return TeacherBaseline(method.backbone, method.teacher_unet, guidance, solvers[label])
-    if label != method.name:
+    if label == f"{method.name}{CONTROL}":
+        return method.control()
+    if label.removesuffix(FINAL_MODEL) != method.name:
         raise ValueError(f"a leaderboard row's method {label!r} is not its experiment's method {method.name!r}")
     return method
 
@@ -86,7 +91,7 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
             method = instantiate(cfg.method, backbone=instantiate(cfg.model), _convert_="all").to(device).eval()
             prompts = eval_prompts(instantiate(cfg.data, _convert_="all"), settings)
             batch_size = min(settings.batch_size, settings.num_samples)
-            rows = rows.assign(sampler=rows["method"].str.removesuffix(CONTROL))  # a control samples as its method
+            rows = rows.assign(sampler=rows["method"].str.removesuffix(FINAL_MODEL))  # final weights: same sampler
             paths = rows.drop_duplicates(["sampler", "steps", "guidance"])
             for label, steps, guidance, nfe in paths[["sampler", "steps", "guidance", "nfe"]].itertuples(index=False):
                 sampler = row_sampler(method, label, float(guidance))
@@ -105,7 +110,7 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
     def update(row):
         if not row.get("steps") or not row.get("guidance"):
             return row
-        key = (row["experiment"], row["method"].removesuffix(CONTROL), int(float(row["steps"])), float(row["guidance"]))
+        key = (row["experiment"], row["method"].removesuffix(FINAL_MODEL), int(float(row["steps"])), float(row["guidance"]))
         return {**row, **results[key]} if key in results else row
 
     update_rows(leaderboard, update)
