@@ -57,6 +57,15 @@ def row_sampler(method, label: str, guidance: float):
     return method
 
 
+def path_label(method, label: str) -> str:
+    """The sampling path a row labelled `label` is timed on: a `@final` row's is its method's (same sampler, other
+    weights), and so is a control's whose `control()` is the method itself (UFOGen, DDGAN, SIDDM)."""
+    label = label.removesuffix(FINAL_MODEL)
+    if label == f"{method.name}{CONTROL}" and method.control() is method:
+        return method.name
+    return label
+
+
 @torch.no_grad()
 def measure_path(sampler, prompts, steps: int, seed: int, batch_size: int, device, warmup: int, repeats: int):
     """The LATENCY_COLUMNS of `sampler` at `steps` on the samples 0..batch_size-1."""
@@ -83,7 +92,8 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
         torch.set_num_threads(int(threads))
     frame = read_leaderboard(leaderboard)
     frame = frame[frame["experiment"].isin(list(experiments)) & (frame["method"] != "real_data")]
-    results = {}  # (experiment, method, steps, guidance) -> LATENCY_COLUMNS
+    results = {}  # (experiment, path label, steps, guidance) -> LATENCY_COLUMNS
+    paths_of = {}  # (experiment, row's method) -> path label
     with tempfile.TemporaryDirectory() as tmp:
         for experiment, rows in frame.groupby("experiment", sort=False):
             cfg = compose_experiment(experiment, overrides, output_dir=tmp)
@@ -91,7 +101,8 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
             method = instantiate(cfg.method, backbone=instantiate(cfg.model), _convert_="all").to(device).eval()
             prompts = eval_prompts(instantiate(cfg.data, _convert_="all"), settings)
             batch_size = min(settings.batch_size, settings.num_samples)
-            rows = rows.assign(sampler=rows["method"].str.removesuffix(FINAL_MODEL))  # final weights: same sampler
+            rows = rows.assign(sampler=[path_label(method, label) for label in rows["method"]])
+            paths_of.update({(experiment, label): sampler for label, sampler in zip(rows["method"], rows["sampler"])})
             paths = rows.drop_duplicates(["sampler", "steps", "guidance"])
             for label, steps, guidance, nfe in paths[["sampler", "steps", "guidance", "nfe"]].itertuples(index=False):
                 sampler = row_sampler(method, label, float(guidance))
@@ -110,7 +121,8 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
     def update(row):
         if not row.get("steps") or not row.get("guidance"):
             return row
-        key = (row["experiment"], row["method"].removesuffix(FINAL_MODEL), int(float(row["steps"])), float(row["guidance"]))
+        label = paths_of.get((row["experiment"], row["method"]), row["method"])
+        key = (row["experiment"], label, int(float(row["steps"])), float(row["guidance"]))
         return {**row, **results[key]} if key in results else row
 
     update_rows(leaderboard, update)

@@ -28,7 +28,9 @@ Loss key logged: `consistency`. Sampling: LCM's multistep consistency sampler (L
 `lcm_timesteps(N)` on the 50-point grid (1 → [999], 2 → [999, 499], 4 → [999, 759, 499, 259]); each step
 takes the consistency output and, except at the last step, re-noises it to the next timestep with fresh noise.
 One network evaluation per step (ω is an input, not CFG). The full variant samples with the EMA target (the
-network diffusers' script exports), the LoRA variant with the online network.
+network diffusers' script exports), the LoRA variant with the online network. The untrained control `lcm@init`
+(`control()`) is the teacher with CFG at the sampling scale (what the student distils) through this sampler:
+two evaluations per step.
 
 Deviations / open choices:
 - `time_embedding.cond_proj` is zero-initialised, so the student starts exactly equal to the teacher

@@ -15,7 +15,16 @@ teacher's step lands on the boundary the target is the teacher's x̂_{t_b} itsel
 Progressive stages: `segments: [8, 4, 2, 1]` with `stage_kimg` (thousands of images per stage) in one run; each
 stage continues from the previous stage's weights; after the last listed stage ends the run stays in it. The
 current stage and k are buffers (`stage`, `segments_now`, saved in checkpoints: a resumed run continues in its
-stage) and k is logged as `train/segments`.
+stage) and k is logged as `train/segments`. When a stage ends, the sampling network's trained weights (the whole
+UNet, or its LoRA) are written beside the checkpoints as `tscd_stage<i>_k<k>.pt` (atomically; a resumed run keeps
+the files of the stages it finished, and one resumed from another folder's checkpoint copies them from there).
+
+Evaluation rows (`row_sources`), as Hyper-SD evaluates: N steps with the model of the stage trained for k = N
+segments — a finished stage's snapshot, or the current weights for the current stage and for an N no stage reached
+— as `tscd`, and the final model (the current weights) at every N as `tscd@final` (its own leaderboard series).
+Periodic evaluations during training do the same with what has finished so far. `python -m fastgen.evaluate
+ckpt=...` reads the snapshots beside the checkpoint; a missing one leaves its row out with a warning. The
+untrained control `tscd@init` (`control()`) is the teacher with CFG at `teacher_guidance_scale` through this sampler.
 
 Timestep index convention (exact): a timestep index t ∈ [0, T−1] is the point τ = t + 1 ∈ [1, T] of the
 trailing grid (whose N-step timesteps are round(T − i·T/N) − 1). Segment boundaries are τ_j = round(j·T/k),
@@ -32,7 +41,7 @@ Optional terms (off by default):
   LAION aesthetic predictor of fastgen/eval/aesthetic.py) with `reward_weight`: the hinge
   reward_weight·mean(relu(reward_margin − score)) on the decoded student x̂0(x_{t_n}); logged as `reward`.
 
-Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of the last stage is what it was trained
+Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of a stage is what that stage was trained
 for), the last step to the clean sample; guidance 0 (one evaluation per step). `sample_eta` = γ > 0 gives TCD's
 stochastic step: DDIM to s = floor((1 − γ)·t_next), then forward-noise to t_next (γ = 1: the LCM-style sampler).
 
