@@ -17,12 +17,13 @@ def write_text_atomic(path, text: str) -> None:
 
 
 def save_torch_atomic(obj, path) -> None:
-    """`torch.save(obj)` to `path` the same way (its folder created if needed)."""
+    """`torch.save(obj)` to `path` the same way (its folder created if needed; the temporary file is
+    `.<name>.tmp<pid>`, what `fastgen.run_folder` removes when a killed save left it)."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
