@@ -7,8 +7,12 @@ Evaluate a trained checkpoint (method, model and data rebuilt from the config sa
 `<run>/leaderboard.csv`), grids to `<run>/samples/`; the data-floor row too unless `real_data=false`.
 `check=true` lists the assets (like `python -m fastgen.doctor`) and exits.
 
-Without `ckpt`, a distillation method is evaluated as initialised (the teacher, sampled the method's way):
-the control that shows what training adds. `label=ufogen@init` names such rows apart from trained ones.
+Without `ckpt`, a distillation method is evaluated as initialised (the teacher, sampled the method's way). With
+`label=<method>@init` that is the like-for-like control that shows what training adds (`method.control()`): sampled
+with the guidance the trained method's samples embody -- for LCM, LCM-LoRA and TSCD the teacher with CFG at
+`teacher_guidance_scale` through the method's sampler (2 evaluations per step, in the rows' `nfe` and `guidance`);
+UFOGen, DDGAN and SIDDM, trained on data without CFG, as they are. A TSCD checkpoint writes its N-step rows from
+the k = N stage's snapshot beside the checkpoint and its final model's rows as `tscd@final` (TSCD.row_sources).
 """
 
 import sys
@@ -39,6 +43,21 @@ def build_method(cfg, device):
     return method, datamodule, config, Path(cfg.paths.runs_dir) / f"eval_{method.name}"
 
 
+def as_control(method, label, ckpt):
+    """`method.control()` for a control's label `<method>@init` (an untrained method only), else `method`."""
+    from fastgen.eval.leaderboard_table import CONTROL
+
+    if not (label or "").endswith(CONTROL):
+        return method
+    if label != f"{method.name}{CONTROL}":
+        raise ValueError(f"label={label}: a control's label is its method's name + {CONTROL}, here "
+                         f"label={method.name}{CONTROL}")
+    if ckpt:
+        raise ValueError(f"label={label} names the untrained control, but ckpt={ckpt} is a trained checkpoint: "
+                         "drop ckpt, or give another label")
+    return method.control()
+
+
 def evaluate(cfg):
     from fastgen.eval.leaderboard_io import rows_frame
     from fastgen.eval.leaderboard_table import protocol_sections, summarise
@@ -48,6 +67,7 @@ def evaluate(cfg):
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     method, datamodule, config, run_dir = build_method(cfg, device)
+    method = as_control(method, cfg.label, cfg.ckpt)
     settings = eval_settings(cfg.eval)
     settings.leaderboard = settings.leaderboard or str(run_dir / "leaderboard.csv")
     suite = MetricSuite.load(settings, datamodule, device)

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from fastgen.atomic_write import write_text_atomic
+from fastgen.atomic_write import save_torch_atomic, write_text_atomic
 
 TMP_MARK = ".tmp"  # temporary files are `.<name>.tmp<pid>` next to their target
 
@@ -32,14 +32,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     outright leaves it behind, and `fastgen.run_folder` removes it when the run starts again)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        save_torch_atomic(checkpoint, path)
 
 
 class CheckpointOnStop(L.Callback):

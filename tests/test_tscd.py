@@ -132,9 +132,24 @@ def test_stage_switching_checkpoint_and_resume(experiment_cfg, tmp_path):
     assert not any(k.startswith(("teacher_unet.", "backbone.vae.", "backbone.text_encoder.")) for k in ckpt["state_dict"])
     assert any(k.startswith("target_unet.") for k in ckpt["state_dict"])
 
+    # the finished stage's weights are kept beside the checkpoints (the current stage's are the model's own)
+    folder = ckpt_file.parent
+    assert sorted(p.name for p in folder.glob("tscd_stage*")) == ["tscd_stage1_k8.pt"]
+    first = (folder / "tscd_stage1_k8.pt").read_bytes(), (folder / "tscd_stage1_k8.pt").stat().st_mtime_ns
+
     resumed = run(experiment_cfg("tscd_tiny", *common, "ckpt_path=last", "trainer.max_steps=4"))
     # the resumed run continues the run's log: the stages before the resume, then the last two
     assert resumed.segments_now.item() == 1 and resumed.stage.item() == 3 and logged_segments() == [8, 4, 2, 1]
+    # stage 1's snapshot is kept as it was; stages 2 and 3 ended in the resumed run: stage 2 with the weights the
+    # checkpoint it resumed from holds (its sampling network, the EMA target), stage 4 is still the current one
+    assert sorted(p.name for p in folder.glob("tscd_stage*")) == ["tscd_stage1_k8.pt", "tscd_stage2_k4.pt",
+                                                                  "tscd_stage3_k2.pt"]
+    assert ((folder / "tscd_stage1_k8.pt").read_bytes(), (folder / "tscd_stage1_k8.pt").stat().st_mtime_ns) == first
+    stage2 = torch.load(folder / "tscd_stage2_k4.pt", weights_only=True)
+    assert stage2["segments"] == 4 and stage2["stage"] == 1
+    target = {k.removeprefix("target_unet."): v for k, v in ckpt["state_dict"].items() if k.startswith("target_unet.")}
+    assert stage2["state_dict"].keys() == target.keys()
+    assert all(torch.equal(stage2["state_dict"][k], v) for k, v in target.items())
 
 
 def test_adversarial_and_reward_terms(tiny):
@@ -154,3 +169,100 @@ def test_adversarial_and_reward_terms(tiny):
     assert all(torch.equal(v, m.teacher_unet.state_dict()[k]) for k, v in teacher_before.items())
     with pytest.raises(ValueError, match="adv_weights needs one weight per stage"):
         tscd(tiny, adv_weights=[1.0])
+
+
+# -- per-stage rows: N steps from the stage trained with k = N segments, the final model as tscd@final -------------
+def _staged_tscd(tmp_path):
+    """A points TSCD in its third stage (k = 1) whose two finished stages (k = 4, 2) kept distinguishable weights:
+    the sampling network's weights are moved by a different random offset before each snapshot and at the end."""
+    from fastgen.networks.points import build_points_random
+
+    m = TSCD(build_points_random(2, hidden_dim=16, num_layers=1), segments=[4, 2, 1], stage_kimg=[1, 1, 1],
+             teacher_guidance_scale=1.0).eval()
+    m.checkpoint_dir = tmp_path
+    base = {k: v.clone() for k, v in m.sampling_unet.state_dict().items()}
+    weights = []
+    for stage in range(3):
+        g = torch.Generator().manual_seed(stage)
+        moved = {k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in base.items()}
+        m.sampling_unet.load_state_dict(moved)
+        weights.append(moved)
+        if stage < 2:
+            m.save_stage(stage)
+    m.stage.fill_(2)
+    m.images_seen.fill_(3000)
+    return m, weights
+
+
+def _sample_with(m, weights, steps):
+    other = copy.deepcopy(m)
+    other.sampling_unet.load_state_dict(weights)
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    return other.sample(noise, ["a point in the top row"] * 6, steps)
+
+
+def test_each_step_count_samples_with_the_weights_of_the_stage_trained_for_it(tmp_path):
+    from fastgen.methods.base import FINAL_MODEL
+
+    m, weights = _staged_tscd(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tscd_stage1_k4.pt", "tscd_stage2_k2.pt"]
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    for steps, stage in [(4, 0), (2, 1)]:
+        own, final = m.row_sources(steps)
+        assert own.suffixes == ("",) and own.note == f"tscd_stage{stage + 1}_k{steps}.pt"
+        assert final.suffixes == (FINAL_MODEL,) and final.note == ""
+        with own.weights():
+            x = m.sample(noise, ["a point in the top row"] * 6, steps)
+        torch.testing.assert_close(x, _sample_with(m, weights[stage], steps), rtol=0, atol=0)
+        assert not torch.allclose(x, _sample_with(m, weights[2], steps))  # the stages are told apart
+        # after the block the network holds the final weights again, exactly
+        assert all(torch.equal(v, weights[2][k]) for k, v in m.sampling_unet.state_dict().items())
+    # the current stage (k = 1) and a step count no stage was trained for: the final model under both labels
+    assert [s.suffixes for s in m.row_sources(1)] == [("", FINAL_MODEL)]
+    assert [s.suffixes for s in m.row_sources(8)] == [("", FINAL_MODEL)]
+    # the untrained method and its control have their own rows only
+    assert [s.suffixes for s in m.control().row_sources(4)] == [("",)]
+    m.images_seen.zero_()
+    assert [s.suffixes for s in m.row_sources(4)] == [("",)]
+
+
+def test_a_missing_stage_snapshot_leaves_its_row_out_with_one_warning(tmp_path):
+    from fastgen.methods.base import FINAL_MODEL
+
+    m, _ = _staged_tscd(tmp_path)
+    (tmp_path / "tscd_stage2_k2.pt").unlink()
+    with pytest.warns(UserWarning, match=r"stage 2 \(k = 2, tscd_stage2_k2.pt\) are missing.*2-step row is left out"):
+        assert [s.suffixes for s in m.row_sources(2)] == [(FINAL_MODEL,)]
+    (tmp_path / "tscd_stage1_k4.pt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="tscd_stage1_k4.pt: not a readable TSCD stage snapshot"):
+        m.read_stage(0)
+
+
+def test_the_evaluation_writes_stage_rows_and_final_rows_as_separate_series(tmp_path):
+    """run_eval on the points testbed: `tscd` N-step rows from the k = N stage (the snapshot named in `checkpoint`),
+    `tscd@final` rows from the final model at every N; the table and plots show two series."""
+    from fastgen.data.points import PointsDataModule
+    from fastgen.eval.leaderboard_io import read_leaderboard
+    from fastgen.eval.leaderboard_table import metric_table, summarise
+    from fastgen.eval.plots import metric_vs_steps
+    from fastgen.eval.run_eval import run_eval
+
+    m, _ = _staged_tscd(tmp_path / "ckpts")
+    settings = {"metrics": "points", "num_samples": 200, "batch_size": 200, "steps": [1, 2, 4, 8],
+                "fid": {"enabled": False}, "clip": {"enabled": False}, "aesthetic": {"enabled": False},
+                "latency": {"enabled": False}, "grids": False, "leaderboard": str(tmp_path / "board.csv")}
+    rows = run_eval(m, PointsDataModule(num_points=800), settings, experiment="tscd_points", checkpoint="kimg=3.000")
+    got = {(r["method"], r["steps"]): r for r in rows}
+    assert sorted(got) == sorted((name, n) for name in ("tscd", "tscd@final") for n in (1, 2, 4, 8))
+    assert got["tscd", 4]["checkpoint"] == "kimg=3.000 [tscd_stage1_k4.pt]"
+    assert got["tscd", 2]["checkpoint"] == "kimg=3.000 [tscd_stage2_k2.pt]"
+    assert got["tscd", 1]["checkpoint"] == got["tscd@final", 4]["checkpoint"] == "kimg=3.000"
+    for n in (1, 8):  # the same samples under both labels
+        assert got["tscd", n]["energy_distance"] == got["tscd@final", n]["energy_distance"]
+    for n in (2, 4):  # other weights
+        assert got["tscd", n]["energy_distance"] != got["tscd@final", n]["energy_distance"]
+    summary = summarise(read_leaderboard(tmp_path / "board.csv"))
+    table = metric_table(summary, "prompt_accuracy")  # (the summary's metrics; the kNN one on points)
+    assert list(table.index) == ["tscd", "tscd@final"] and (table != "").all().all()
+    metric_vs_steps(summary, "prompt_accuracy", tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0

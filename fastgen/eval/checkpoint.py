@@ -44,5 +44,6 @@ def method_from_checkpoint(ckpt_path, device="cpu"):
     method = instantiate_method(config["method"], backbone)
     method.load_state_dict(checkpoint["state_dict"])
     method.run_config = config
+    method.checkpoint_dir = ckpt_path.parent  # files a method keeps beside its checkpoints (TSCD's stage weights)
     datamodule = instantiate(config["data"], _convert_="all")
     return method.to(device).eval(), datamodule, config

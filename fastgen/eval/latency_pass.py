@@ -4,9 +4,9 @@ path at a time, after every training and evaluation job has finished (`python -m
 A row's sampling path is (experiment, sampler, steps): the experiment's config is composed as
 `python -m fastgen.fit experiment=<experiment> <overrides>` would compose it and its method built; a
 `dpm_solver` / `dpm_solver_sde` row samples the experiment's teacher with DPM-Solver++ at the row's guidance
-(`DPMSolverBaseline`), any other row the method itself (`<method>@init` controls included). The weights are the
-method's initialisation, not a row's trained checkpoint: sampling time and memory depend on the architecture,
-sampler, steps, guidance and batch, not on weight values. Each path runs `warmup` untimed and `repeats` timed
+(`DPMSolverBaseline`), a `<method>@init` control the method's `control()`, any other row the method itself
+(`<method>@final` rows included). The weights are the method's initialisation, not a row's trained checkpoint:
+sampling time and memory depend on the architecture, sampler, steps, guidance and batch, not on weight values. Each path runs `warmup` untimed and `repeats` timed
 calls of `sample_and_decode` on the evaluation's first `eval.batch_size` prompts and noises (`LatencyMeter`:
 median ms/image); every row of that path (each training seed, the control) gets the same LATENCY_COLUMNS.
 A row whose NFE differs from the rebuilt sampler's is an error: the experiment changed since the row was written.
@@ -21,6 +21,7 @@ import torch
 from fastgen.eval.latency import LATENCY_COLUMNS, LatencyMeter
 from fastgen.eval.leaderboard_io import read_leaderboard, update_rows
 from fastgen.eval.leaderboard_table import CONTROL
+from fastgen.methods.base import FINAL_MODEL
 
 
 def compose_experiment(experiment: str, overrides=(), output_dir: str = "."):
@@ -40,16 +41,29 @@ def compose_experiment(experiment: str, overrides=(), output_dir: str = "."):
 
 
 def row_sampler(method, label: str, guidance: float):
-    """The module that samples the rows of `method`'s experiment labelled `label` (a control's without `@init`)."""
+    """The module that samples the rows of `method`'s experiment labelled `label`: a baseline's, the method's
+    control (`<method>@init`: `method.control()`), or the method itself (also its `@final` rows: same architecture
+    and sampler, other weights)."""
     from fastgen.eval.baseline import teacher_baseline
     from fastgen.methods.dpm_solver import SOLVERS
 
     solvers = {row_name: algorithm for algorithm, row_name in SOLVERS.items()}
     if label in solvers:
         return teacher_baseline(method, guidance, solvers[label])
-    if label != method.name:
+    if label == f"{method.name}{CONTROL}":
+        return method.control()
+    if label.removesuffix(FINAL_MODEL) != method.name:
         raise ValueError(f"a leaderboard row's method {label!r} is not its experiment's method {method.name!r}")
     return method
+
+
+def path_label(method, label: str) -> str:
+    """The sampling path a row labelled `label` is timed on: a `@final` row's is its method's (same sampler, other
+    weights), and so is a control's whose `control()` is the method itself (UFOGen, DDGAN, SIDDM)."""
+    label = label.removesuffix(FINAL_MODEL)
+    if label == f"{method.name}{CONTROL}" and method.control() is method:
+        return method.name
+    return label
 
 
 @torch.no_grad()
@@ -79,7 +93,8 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
         torch.set_num_threads(int(threads))
     frame = read_leaderboard(leaderboard)
     frame = frame[frame["experiment"].isin(list(experiments)) & (frame["method"] != "real_data")]
-    results = {}  # (experiment, method, steps, guidance) -> LATENCY_COLUMNS
+    results = {}  # (experiment, path label, steps, guidance) -> LATENCY_COLUMNS
+    paths_of = {}  # (experiment, row's method) -> path label
     with tempfile.TemporaryDirectory() as tmp:
         for experiment, rows in frame.groupby("experiment", sort=False):
             cfg = compose_experiment(experiment, overrides, output_dir=tmp)
@@ -87,7 +102,8 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
             method = instantiate_method(cfg.method, instantiate(cfg.model)).to(device).eval()
             prompts = eval_prompts(instantiate(cfg.data, _convert_="all"), settings)
             batch_size = min(settings.batch_size, settings.num_samples)
-            rows = rows.assign(sampler=rows["method"].str.removesuffix(CONTROL))  # a control samples as its method
+            rows = rows.assign(sampler=[path_label(method, label) for label in rows["method"]])
+            paths_of.update({(experiment, label): sampler for label, sampler in zip(rows["method"], rows["sampler"])})
             paths = rows.drop_duplicates(["sampler", "steps", "guidance"])
             for label, steps, guidance, nfe in paths[["sampler", "steps", "guidance", "nfe"]].itertuples(index=False):
                 sampler = row_sampler(method, label, float(guidance))
@@ -106,7 +122,8 @@ def measure_leaderboard(leaderboard, experiments, overrides=(), *, repeats: int 
     def update(row):
         if not row.get("steps") or not row.get("guidance"):
             return row
-        key = (row["experiment"], row["method"].removesuffix(CONTROL), int(float(row["steps"])), float(row["guidance"]))
+        label = paths_of.get((row["experiment"], row["method"]), row["method"])
+        key = (row["experiment"], label, int(float(row["steps"])), float(row["guidance"]))
         return {**row, **results[key]} if key in results else row
 
     update_rows(leaderboard, update)

@@ -33,6 +33,7 @@ from fastgen.eval.leaderboard_io import COLUMNS, append_rows
 from fastgen.eval.metrics import MetricSuite
 from fastgen.eval.reference import warn_resolution_mismatch
 from fastgen.eval.settings import eval_settings
+from fastgen.methods.base import FewStepMethod, RowSource
 
 
 def method_device(method):
@@ -76,6 +77,11 @@ def sample_and_decode(method, prompts, batch, steps, seed):
     noise = eval_noise(batch, tuple(method.backbone.sample_shape), seed).to(method_device(method))
     x0 = method.sample(noise, [prompts[i] for i in batch.tolist()], steps, generator=sampler_generators(batch, seed))
     return method.backbone.decode(x0)
+
+
+def row_sources(method, steps):
+    """A FewStepMethod's `row_sources(steps)`; any other sampler (the DPM-Solver++ baseline) has its own rows only."""
+    return method.row_sources(steps) if isinstance(method, FewStepMethod) else [RowSource(("",))]
 
 
 def prompt_order_key(suite):
@@ -143,7 +149,9 @@ def base_row(settings, prompts, suite, **fields):
 
 def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_id="", checkpoint="",
              train_seed=None, grid_tag="", suite=None, label=None):
-    """Evaluate `method` at every supported step count in `cfg.steps`; returns one row per step count.
+    """Evaluate `method` at every supported step count in `cfg.steps`; returns one row per step count and row
+    source (`method.row_sources`: e.g. TSCD's N-step row from its k = N stage and its final model's row
+    `tscd@final`; rows of one source share their samples, its note is appended to `checkpoint`).
 
     `cfg` is the `eval` config node (or a dict, or None for defaults). Rows are appended to `cfg.leaderboard`
     and grids written to `<out_dir>/samples/` by rank 0. `suite` reuses already-loaded metrics. `label` names
@@ -162,33 +170,36 @@ def run_eval(method, datamodule, cfg=None, *, out_dir=None, experiment="", run_i
         for steps in settings.steps:
             if method.supported_steps is not None and steps not in method.supported_steps:
                 continue
-            meter = LatencyMeter(device, warmup=settings.latency.warmup, module=method)
-            with SamplingPrecision(method) as precision:  # what the sampling ran in, read off the modules that ran
-                images = generate(method, prompts, indices, steps, settings, meter)
-            if settings.metrics != "points":  # points: no resolution
-                warn_resolution_mismatch(suite.reference, images)
-            row = base_row(
-                settings, prompts, suite, run_id=run_id or f"{label}-{timestamp()}", experiment=experiment,
-                method=label, backbone=getattr(method.backbone, "name", type(method.backbone).__name__),
-                dataset=getattr(datamodule, "name", type(datamodule).__name__), checkpoint=checkpoint, steps=steps,
-                train_seed=train_seed,
-                nfe=method.nfe(steps), guidance=float(method.guidance_scale),
-                precision=precision.name, device=device_name(device),
-            )
-            row.update(score_sharded(suite, images, indices, prompts, settings.batch_size))
-            if settings.latency.enabled:
-                row.update(meter.results())
-            name = f"{label}-{steps}step{'-' + grid_tag if grid_tag else ''}.png"
-            if settings.grids and settings.metrics == "points":  # points: one scatter plot of every sample
-                points = gather_in_index_order(indices, images)
-                if out_dir is not None and is_rank_zero():
-                    path = f"{out_dir}/samples/{name}"
-                    row["grid"] = str(suite.save_scatter(points, prompts, path, f"{label}, {steps} steps"))
-            elif settings.grids:
-                grid, per_row = gather_grid(images, indices, prompts, prompt_order_key(suite))
-                if out_dir is not None and is_rank_zero():
-                    row["grid"] = str(save_grid(grid, f"{out_dir}/samples/{name}", per_row))
-            rows.append(row)
+            for source in row_sources(method, steps):
+                meter = LatencyMeter(device, warmup=settings.latency.warmup, module=method)
+                with source.weights(), SamplingPrecision(method) as precision:  # precision: read off the modules that ran
+                    images = generate(method, prompts, indices, steps, settings, meter)
+                if settings.metrics != "points":  # points: no resolution
+                    warn_resolution_mismatch(suite.reference, images)
+                first = f"{label}{source.suffixes[0]}"
+                row = base_row(
+                    settings, prompts, suite, run_id=run_id or f"{label}-{timestamp()}", experiment=experiment,
+                    method=first, backbone=getattr(method.backbone, "name", type(method.backbone).__name__),
+                    dataset=getattr(datamodule, "name", type(datamodule).__name__),
+                    checkpoint=f"{checkpoint} [{source.note}]".lstrip() if source.note else checkpoint, steps=steps,
+                    train_seed=train_seed,
+                    nfe=method.nfe(steps), guidance=float(method.guidance_scale),
+                    precision=precision.name, device=device_name(device),
+                )
+                row.update(score_sharded(suite, images, indices, prompts, settings.batch_size))
+                if settings.latency.enabled:
+                    row.update(meter.results())
+                name = f"{first}-{steps}step{'-' + grid_tag if grid_tag else ''}.png"
+                if settings.grids and settings.metrics == "points":  # points: one scatter plot of every sample
+                    points = gather_in_index_order(indices, images)
+                    if out_dir is not None and is_rank_zero():
+                        path = f"{out_dir}/samples/{name}"
+                        row["grid"] = str(suite.save_scatter(points, prompts, path, f"{first}, {steps} steps"))
+                elif settings.grids:
+                    grid, per_row = gather_grid(images, indices, prompts, prompt_order_key(suite))
+                    if out_dir is not None and is_rank_zero():
+                        row["grid"] = str(save_grid(grid, f"{out_dir}/samples/{name}", per_row))
+                rows += [{**row, "method": f"{label}{suffix}"} for suffix in source.suffixes]  # same samples
     finally:
         method.train(was_training)
     if settings.leaderboard and rows and is_rank_zero():

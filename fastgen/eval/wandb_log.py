@@ -100,11 +100,17 @@ def check_wandb_ready(offline=False, verify=False):
 
 
 def scalar_metrics(rows):
-    """{"eval/fid@1step": ..., "eval/clip@4step": ...} of the filled metrics of each row."""
+    """{"eval/fid@1step": ..., "eval/clip@4step": ...} of the filled metrics of each row; a row labelled
+    `<method>@<variant>` (e.g. `tscd@final`) under "eval/<variant>/"."""
     names = {"fid": "fid", "kid": "kid", "clip_score": "clip", "aesthetic_score": "aesthetic",
              "prompt_accuracy": "prompt_accuracy", "ms_per_image": "ms_per_image", "images_per_s": "images_per_s",
              "peak_mem_mb": "peak_mem_mb"}
-    return {f"eval/{short}@{row['steps']}step": float(row[column])
+
+    def prefix(row):
+        variant = str(row.get("method") or "").partition("@")[2]
+        return f"eval/{variant}/" if variant else "eval/"
+
+    return {f"{prefix(row)}{short}@{row['steps']}step": float(row[column])
             for row in rows if row.get("steps") is not None
             for column, short in names.items() if row.get(column) is not None}
 

@@ -23,7 +23,9 @@ encoder, VAE, teacher).
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
+from typing import Callable, ContextManager, NamedTuple
 
 import lightning as L
 import torch
@@ -32,6 +34,15 @@ from torch import nn
 from fastgen.core import ema_update_
 
 FROZEN_PREFIXES = ("backbone.text_encoder.", "backbone.vae.", "teacher_unet.")
+FINAL_MODEL = "@final"  # label suffix of a method's final-weights rows where its own rows come from other weights
+
+
+class RowSource(NamedTuple):
+    """The weights some of the evaluation's rows at one step count sample with (`FewStepMethod.row_sources`)."""
+
+    suffixes: tuple[str, ...]  # one row per suffix, labelled <method label><suffix> ("": the method's own rows)
+    weights: Callable[[], ContextManager] = contextlib.nullcontext  # entered around the sampling
+    note: str = ""  # which weights, when not the current ones: appended to the rows' `checkpoint` as " [note]"
 
 
 def frozen_copy(module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
@@ -82,6 +93,21 @@ class FewStepMethod(L.LightningModule):
         sample b depends on `noise[b]`, `prompts[b]` and `generator[b]` only, not on the batch it is in (the
         evaluation passes one per sample, seeded from its index); one generator draws for the whole batch;
         None draws from the global RNG."""
+
+    def control(self) -> "FewStepMethod":
+        """The like-for-like untrained control (rows `<method>@init`): the untrained method, sampled its own way
+        with the guidance its trained samples embody. Here the method itself, for methods trained on data without
+        CFG (their samples embody the conditional model, guidance 1: no CFG); a method that distils a guided
+        teacher returns a view that samples with that guidance (ConsistencyDistillation.control)."""
+        return self
+
+    def row_sources(self, steps: int) -> list[RowSource]:
+        """The weights the evaluation's `steps`-step rows sample with: by default the current weights, for the
+        method's own rows. A method whose protocol evaluates a step count with other weights (TSCD: the stage
+        trained for it) returns those, and its final weights under `FINAL_MODEL`."""
+        return [RowSource(("",))]
+
+    checkpoint_dir = None  # the folder of the checkpoint the method was loaded from (method_from_checkpoint)
 
     def nfe(self, steps: int) -> int:
         """Network evaluations for `steps` steps (classifier-free guidance counts twice)."""

@@ -6,11 +6,14 @@
 - LoRA on the UNet with peft, with diffusers' LCM-LoRA target modules, saved in the format
   `StableDiffusionPipeline.load_lora_weights` reads.
 - `ConsistencyDistillation`: the FewStepMethod base of both, which sets up the frozen teacher (`set_teacher`),
-  the optional LoRA, the optional EMA target, and exports the sampling network at the end of training.
+  the optional LoRA, the optional EMA target, and exports the sampling network at the end of training; its
+  `control()` is the like-for-like untrained control: the teacher through the method's own sampler with CFG at
+  `teacher_guidance_scale` (what the student distils), two evaluations per step unless the scale is 1.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -41,19 +44,24 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 @torch.no_grad()
-def teacher_solver_step(backbone, teacher, x_t, t, s, cond, uncond, guidance_scale):
-    """x_s = α_s x̂0^w + σ_s ε̂^w: one DDIM step t → s of the teacher with CFG on x̂0 and ε̂.
+def guided_denoise(backbone, unet, x_t, t, cond, uncond, guidance_scale):
+    """(x̂0^w, ε̂^w): `unet`'s prediction with classifier-free guidance on both (LCM eq. 8).
 
     `guidance_scale` is the CFG scale (uncond + scale·(cond − uncond); LCM's ω = scale − 1), a float or a
-    per-sample tensor [B]. A scale of exactly 1 skips the unconditional pass. `s` = −1 returns x̂0^w.
+    per-sample tensor [B]. A scale of exactly 1 skips the unconditional pass (one evaluation instead of two).
     """
     if not torch.is_tensor(guidance_scale) and guidance_scale == 1.0:
-        x0, eps = backbone.denoise(teacher, x_t, t, cond)
-        return ddim_step(x0, eps, s, backbone.alphas_cumprod)
-    x0, eps = backbone.denoise(teacher, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
+        return backbone.denoise(unet, x_t, t, cond)
+    x0, eps = backbone.denoise(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
     scale = append_dims(torch.as_tensor(guidance_scale, device=x_t.device, dtype=x0.dtype), x_t.ndim)
-    x0 = classifier_free_guidance(*x0.chunk(2), scale)
-    eps = classifier_free_guidance(*eps.chunk(2), scale)
+    return classifier_free_guidance(*x0.chunk(2), scale), classifier_free_guidance(*eps.chunk(2), scale)
+
+
+@torch.no_grad()
+def teacher_solver_step(backbone, teacher, x_t, t, s, cond, uncond, guidance_scale):
+    """x_s = α_s x̂0^w + σ_s ε̂^w: one DDIM step t → s of the teacher with CFG on x̂0 and ε̂ (`guided_denoise`);
+    `s` = −1 returns x̂0^w."""
+    x0, eps = guided_denoise(backbone, teacher, x_t, t, cond, uncond, guidance_scale)
     return ddim_step(x0, eps, s, backbone.alphas_cumprod)
 
 
@@ -143,6 +151,31 @@ class ConsistencyDistillation(FewStepMethod):
     def sampling_unet(self) -> nn.Module:
         """The network samples come from: the EMA target when there is one, else the online student."""
         return self.target_unet if self.target_unet is not None else self.backbone.unet
+
+    # -- sampling: the student, or the like-for-like control ------------------------------------------
+    control_guidance: float | None = None  # set on control(): sample the teacher with CFG at this scale
+
+    def control(self) -> "ConsistencyDistillation":
+        """The untrained control sampled like the trained method: a view (sharing every network) whose sampler
+        runs the frozen teacher with classifier-free guidance at `teacher_guidance_scale` — the guided teacher
+        the student distils — instead of the student (whose guidance input or LoRA is zero at init, so it
+        would sample the unguided teacher). Rows: guidance = that scale, NFE = 2 per step (1 at scale 1)."""
+        view = copy.copy(self)
+        view.control_guidance = float(self.teacher_guidance_scale)
+        view.guidance_scale = view.control_guidance
+        return view
+
+    def nfe(self, steps: int) -> int:
+        """One evaluation per step (ω is an input, not CFG); the control's CFG counts twice (once at scale 1)."""
+        return steps * (2 if self.control_guidance not in (None, 1.0) else 1)
+
+    def sampling_denoise(self, x, t, cond, **student_kwargs):
+        """(x̂0, ε̂) the sampler uses: the sampling network's (`student_kwargs`: its extra inputs, e.g. LCM's
+        ω-embedding), or under `control()` the teacher's with CFG at `control_guidance`."""
+        if self.control_guidance is None:
+            return self.backbone.denoise(self.sampling_unet, x, t, cond, **student_kwargs)
+        uncond = empty_prompt_cond(self.backbone, cond)
+        return guided_denoise(self.backbone, self.teacher_unet, x, t, cond, uncond, self.control_guidance)
 
     def update_target(self) -> None:
         if self.target_unet is not None:

@@ -28,7 +28,9 @@ Loss key logged: `consistency`. Sampling: LCM's multistep consistency sampler (L
 `lcm_timesteps(N)` on the 50-point grid (1 → [999], 2 → [999, 499], 4 → [999, 759, 499, 259]); each step
 takes the consistency output and, except at the last step, re-noises it to the next timestep with fresh noise.
 One network evaluation per step (ω is an input, not CFG). The full variant samples with the EMA target (the
-network diffusers' script exports), the LoRA variant with the online network.
+network diffusers' script exports), the LoRA variant with the online network. The untrained control `lcm@init`
+(`control()`) is the teacher with CFG at the sampling scale (what the student distils) through this sampler:
+two evaluations per step.
 
 Deviations / open choices:
 - `time_embedding.cond_proj` is zero-initialised, so the student starts exactly equal to the teacher
@@ -114,19 +116,20 @@ class LCM(ConsistencyDistillation):
         if self.lora:
             self.name = "lcm_lora"
 
-    def nfe(self, steps: int) -> int:
-        return steps
-
     # -- the consistency function ----------------------------------------------------------------------
     def guidance_embedding(self, scale: torch.Tensor) -> torch.Tensor | None:
         """Embedding of ω = scale − 1 for the ω-conditioned student (None without ω input)."""
         dim = self.hparams.guidance_embed_dim
         return guidance_scale_embedding(scale - 1.0, dim) if dim else None
 
+    @staticmethod
+    def omega_input(unet, w_emb) -> dict:
+        """The student's extra input: the ω-embedding as `timestep_cond` in the UNet's dtype (none without ω)."""
+        return {"timestep_cond": w_emb.to(next(unet.parameters()).dtype)} if w_emb is not None else {}
+
     def consistency(self, unet, x_t, t, cond, w_emb):
         """f(x_t, t) = c_skip(t)·x_t + c_out(t)·x̂0(x_t, t) (LCM eq. 9)."""
-        kwargs = {"timestep_cond": w_emb.to(next(unet.parameters()).dtype)} if w_emb is not None else {}
-        x0_hat, _ = self.backbone.denoise(unet, x_t, t, cond, **kwargs)
+        x0_hat, _ = self.backbone.denoise(unet, x_t, t, cond, **self.omega_input(unet, w_emb))
         return consistency_output(x_t.float(), x0_hat, t, self.hparams.sigma_data, self.hparams.timestep_scaling)
 
     def distance(self, a, b):
@@ -169,14 +172,18 @@ class LCM(ConsistencyDistillation):
     # -- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, noise, prompts, steps, generator=None):
-        """LCM multistep sampling (LCMScheduler): consistency output, re-noised to the next timestep."""
+        """LCM multistep sampling (LCMScheduler): consistency output, re-noised to the next timestep; under
+        `control()` the consistency output of the teacher's CFG x̂0 at the student's sampling scale."""
         bb = self.backbone
         timesteps = lcm_timesteps(steps, bb.num_train_timesteps, self.hparams.num_ddim_timesteps).to(noise.device)
         cond = bb.encode_prompts(prompts)
         w_emb = self.guidance_embedding(torch.full((noise.shape[0],), self.sample_guidance, device=noise.device))
+        kwargs = self.omega_input(self.sampling_unet, w_emb)
         x = noise.float()
         for i, t in enumerate(timesteps):
-            x = self.consistency(self.sampling_unet, x, t.expand(x.shape[0]), cond, w_emb)
+            t_batch = t.expand(x.shape[0])
+            x0_hat, _ = self.sampling_denoise(x, t_batch, cond, **kwargs)  # the student (or the control's CFG teacher)
+            x = consistency_output(x, x0_hat, t_batch, self.hparams.sigma_data, self.hparams.timestep_scaling)
             if i + 1 < len(timesteps):
                 x = q_sample(x, timesteps[i + 1], sampling_noise(x, generator), bb.alphas_cumprod)
         return x

@@ -15,7 +15,16 @@ teacher's step lands on the boundary the target is the teacher's x̂_{t_b} itsel
 Progressive stages: `segments: [8, 4, 2, 1]` with `stage_kimg` (thousands of images per stage) in one run; each
 stage continues from the previous stage's weights; after the last listed stage ends the run stays in it. The
 current stage and k are buffers (`stage`, `segments_now`, saved in checkpoints: a resumed run continues in its
-stage) and k is logged as `train/segments`.
+stage) and k is logged as `train/segments`. When a stage ends, the sampling network's trained weights (the whole
+UNet, or its LoRA) are written beside the checkpoints as `tscd_stage<i>_k<k>.pt` (atomically; a resumed run keeps
+the files of the stages it finished, and one resumed from another folder's checkpoint copies them from there).
+
+Evaluation rows (`row_sources`), as Hyper-SD evaluates: N steps with the model of the stage trained for k = N
+segments — a finished stage's snapshot, or the current weights for the current stage and for an N no stage reached
+— as `tscd`, and the final model (the current weights) at every N as `tscd@final` (its own leaderboard series).
+Periodic evaluations during training do the same with what has finished so far. `python -m fastgen.evaluate
+ckpt=...` reads the snapshots beside the checkpoint; a missing one leaves its row out with a warning. The
+untrained control `tscd@init` (`control()`) is the teacher with CFG at `teacher_guidance_scale` through this sampler.
 
 Timestep index convention (exact): a timestep index t ∈ [0, T−1] is the point τ = t + 1 ∈ [1, T] of the
 trailing grid (whose N-step timesteps are round(T − i·T/N) − 1). Segment boundaries are τ_j = round(j·T/k),
@@ -34,7 +43,7 @@ Optional terms (off by default):
   and passed in as `reward_fn` (pixels in [-1, 1], prompts -> differentiable scores [B]), with `reward_weight`: the hinge
   reward_weight·mean(relu(reward_margin − score)) on the decoded student x̂0(x_{t_n}); logged as `reward`.
 
-Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of the last stage is what it was trained
+Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of a stage is what that stage was trained
 for), the last step to the clean sample; guidance 0 (one evaluation per step). `sample_eta` = γ > 0 gives TCD's
 stochastic step: DDIM to s = floor((1 − γ)·t_next), then forward-noise to t_next (γ = 1: the LCM-style sampler).
 
@@ -50,12 +59,18 @@ Deviations / open choices:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from fastgen.atomic_write import save_torch_atomic
 from fastgen.core import append_dims, d_loss_softplus, ddim_step, g_loss_softplus, mse, q_sample, q_step, trailing_timesteps
+from fastgen.methods.base import FINAL_MODEL, RowSource
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
     empty_prompt_cond,
@@ -63,6 +78,7 @@ from fastgen.methods.consistency_common import (
     solver_grid_pairs,
     teacher_solver_step,
 )
+from fastgen.methods.sharding import whole_network
 
 
 def segment_boundary(t: torch.Tensor, k: int, T: int = 1000) -> torch.Tensor:
@@ -78,6 +94,20 @@ def decode_with_grad(backbone, x0: torch.Tensor) -> torch.Tensor:
     if backbone.vae is None:
         return x0
     return backbone.vae.decode((x0 / backbone.vae_scaling_factor).to(backbone.vae.dtype)).sample.float()
+
+
+def load_full_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load whole (unsharded) tensors into some of `network`'s weights, sharded by FSDP or not."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(network, FSDPModule):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(network, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    result = network.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"weights not in the network: {result.unexpected_keys[:3]}")
 
 
 class TSCD(ConsistencyDistillation):
@@ -149,14 +179,114 @@ class TSCD(ConsistencyDistillation):
 
     # -- stages --------------------------------------------------------------------------------------
     def advance_stage(self) -> int:
-        """Move to the stage the images seen so far fall in (never back); returns its number of segments k."""
+        """Move to the stage the images seen so far fall in (never back), keeping the weights of each stage that
+        ends (`save_stage`); returns the current stage's number of segments k."""
         stage = int(self.stage)
         while stage + 1 < len(self.segments) and self.kimg >= self.stage_ends[stage]:
+            self.save_stage(stage)
             stage += 1
             print(f"[fastgen] tscd: stage {stage + 1}/{len(self.segments)} at {self.kimg:g} kimg, k = {self.segments[stage]} segments")
         self.stage.fill_(stage)
         self.segments_now.fill_(self.segments[stage])
         return self.segments[stage]
+
+    # -- stage snapshots: the weights each finished stage ended with --------------------------------------
+    def stage_file(self, stage: int) -> str:
+        return f"tscd_stage{stage + 1}_k{self.segments[stage]}.pt"
+
+    @property
+    def stage_dir(self) -> Path | None:
+        """Where stage snapshots live: beside the checkpoint the method was loaded from, else the run's checkpoint
+        folder (the trainer's ModelCheckpoint); None without either."""
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir)
+        callback = self._trainer.checkpoint_callback if self._trainer is not None else None
+        return Path(callback.dirpath) if callback is not None and callback.dirpath else None
+
+    def trained_names(self) -> set[str]:
+        """State-dict names of the sampling network that training changes (the whole UNet, or its LoRA)."""
+        return {name for name, p in self.backbone.unet.named_parameters() if p.requires_grad}
+
+    def save_stage(self, stage: int) -> None:
+        """Write the sampling network's trained weights as they are at the end of `stage` to
+        `<stage_dir>/tscd_stage<i>_k<k>.pt` (atomically; collective under FSDP, rank 0 writes)."""
+        network = whole_network(self.sampling_unet)
+        if network is None or (self._trainer is not None and not self.trainer.is_global_zero):
+            return
+        if self.stage_dir is None:
+            warnings.warn(f"tscd: no checkpoint folder (callbacks.checkpoint), so stage {stage + 1}'s weights "
+                          f"(k = {self.segments[stage]}) are not kept: its rows will be left out", stacklevel=2)
+            return
+        trained = self.trained_names()
+        state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items() if k in trained}
+        save_torch_atomic({"stage": stage, "segments": self.segments[stage], "kimg": self.kimg, "state_dict": state},
+                          self.stage_dir / self.stage_file(stage))
+
+    def read_stage(self, stage: int) -> dict[str, torch.Tensor]:
+        """The state dict of a stage snapshot, read strictly: a ValueError in one line if it is not that stage's."""
+        path = self.stage_dir / self.stage_file(stage)
+        try:
+            snapshot = torch.load(path, map_location="cpu", weights_only=True)
+            ok = snapshot["segments"] == self.segments[stage] and set(snapshot["state_dict"]) == self.trained_names()
+        except Exception as e:  # truncated file, not a snapshot
+            raise ValueError(f"{path}: not a readable TSCD stage snapshot ({type(e).__name__}); delete it and "
+                             "resume the run from a checkpoint before that stage ended") from None
+        if not ok:
+            raise ValueError(f"{path} holds other weights than stage {stage + 1} (k = {self.segments[stage]}) of this "
+                             "TSCD configuration (method.segments or method.lora_rank changed?)")
+        return snapshot["state_dict"]
+
+    @contextlib.contextmanager
+    def stage_weights(self, stage: int):
+        """The sampling network holds `stage`'s snapshot inside the block, its own weights again after it."""
+        network, snapshot = self.sampling_unet, self.read_stage(stage)
+        current = {k: v.detach().clone() for k, v in network.state_dict().items() if k in snapshot}
+        load_full_state(network, snapshot)
+        try:
+            yield
+        finally:
+            network.load_state_dict(current, strict=False)
+
+    def on_fit_start(self) -> None:
+        """A run resumed from a checkpoint outside its checkpoint folder copies the finished stages' snapshots
+        from beside that checkpoint; a finished stage without one is named in a warning."""
+        directory, ckpt = self.stage_dir, self.trainer.ckpt_path
+        if directory is None or not self.trainer.is_global_zero:
+            return
+        for stage in range(int(self.stage)):
+            target = directory / self.stage_file(stage)
+            source = Path(ckpt).parent / target.name if ckpt else None
+            if not target.is_file() and source is not None and source.is_file():
+                save_torch_atomic(torch.load(source, map_location="cpu", weights_only=True), target)
+            if not target.is_file():
+                warnings.warn(f"tscd: stage {stage + 1} (k = {self.segments[stage]}) ended before this checkpoint "
+                              f"but {target} is missing: its rows will be left out", stacklevel=2)
+
+    def finished_stage(self, steps: int) -> int | None:
+        """The last finished stage trained for `steps` (k = steps), unless the current stage is: None then."""
+        if self.segments[int(self.stage)] == steps:
+            return None
+        return max((i for i in range(int(self.stage)) if self.segments[i] == steps), default=None)
+
+    def row_sources(self, steps: int) -> list[RowSource]:
+        """Hyper-SD's protocol: N steps from the stage trained with k = N segments, and the final model (the
+        current weights) at every N as `tscd@final`. A finished stage's rows come from its snapshot; the current
+        stage's, and those of an N that no stage reached, from the current weights. So a periodic evaluation during
+        training scores the finished stages' snapshots and the current model. An untrained method, its control, or
+        a one-stage configuration has its own rows only."""
+        if self.control_guidance is not None or len(self.segments) == 1 or int(self.images_seen) == 0:
+            return [RowSource(("",))]
+        stage = self.finished_stage(steps)
+        if stage is None:
+            return [RowSource(("", FINAL_MODEL))]
+        final = RowSource((FINAL_MODEL,))
+        name = self.stage_file(stage)
+        if self.stage_dir is None or not (self.stage_dir / name).is_file():
+            warnings.warn(f"tscd: the weights of stage {stage + 1} (k = {steps}, {name}) are missing from "
+                          f"{self.stage_dir or 'the checkpoint folder'}: its {steps}-step row is left out "
+                          f"(`tscd{FINAL_MODEL}` has the final model's)", stacklevel=2)
+            return [final]
+        return [RowSource(("",), functools.partial(self.stage_weights, stage), name), final]
 
     # -- the DDIM map with a network's prediction ----------------------------------------------------
     def ddim_map(self, unet, x_t, t, s, cond):
@@ -236,7 +366,8 @@ class TSCD(ConsistencyDistillation):
     # -- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, noise, prompts, steps, generator=None):
-        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when sample_eta > 0."""
+        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when sample_eta > 0. Under
+        `control()` the same steps with the teacher's CFG x̂0, ε̂ at `teacher_guidance_scale`."""
         bb, eta = self.backbone, self.hparams.sample_eta
         timesteps = trailing_timesteps(steps, bb.num_train_timesteps).tolist() + [-1]
         cond = bb.encode_prompts(prompts)
@@ -244,7 +375,8 @@ class TSCD(ConsistencyDistillation):
         for t, t_next in zip(timesteps[:-1], timesteps[1:]):
             stochastic = eta > 0 and t_next >= 0
             s = math.floor((1 - eta) * t_next) if stochastic else t_next
-            x, _ = self.ddim_map(self.sampling_unet, x, torch.full((x.shape[0],), t, device=x.device), s, cond)
+            x0_hat, eps_hat = self.sampling_denoise(x, torch.full((x.shape[0],), t, device=x.device), cond)
+            x = ddim_step(x0_hat, eps_hat, s, bb.alphas_cumprod)
             if stochastic:
                 x = q_step(x, s, t_next, sampling_noise(x, generator), bb.alphas_cumprod)
         return x
