@@ -1,8 +1,9 @@
 """Every method learns: a short run of its shipped points experiment (`<method>_points`, data.shape=grid, the
 committed teacher) at a reduced budget, then its samples at its headline step count scored against the held-out
 points of each prompt. Each bound was measured on the correct code with two training seeds and set with margin;
-each is one a broken method misses (a flipped adversarial sign, real and fake swapped, the reconstruction or AFD
-term dropped, a broken consistency target: benchmarks/RESULTS.md, "Short points training tests").
+a flipped adversarial sign, real and fake swapped in D's loss, or a broken consistency target misses it
+(benchmarks/RESULTS.md, "Short points training tests"). A dropped UFOGen reconstruction or SIDDM AFD term does not:
+in a short 2-D run neither is needed to learn; the term oracles (test_loss_oracles.py) catch those.
 
 The control is the same method untrained (its samples from the teacher, sampled the method's way): a method
 that has learnt nothing scores the control's energy distance."""
