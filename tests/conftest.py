@@ -1,6 +1,7 @@
 """Shared test fixtures: offline flags, and composing an experiment config as `python -m fastgen.fit` would."""
 
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,3 +46,10 @@ def one_thread():
 @pytest.fixture
 def experiment_cfg(tmp_path):
     return lambda name, *overrides: compose_experiment(name, tmp_path, overrides)
+
+
+def free_port() -> int:
+    """A TCP port no process listens on now (the OS picks it: bind to port 0), for a test's torch.distributed group."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 TESTS = Path(__file__).parent
 FAST = {"ufogen_mnist", "lcm_mnist"}  # manual (GAN) and automatic optimisation; the rest: -m slow
@@ -17,7 +18,8 @@ EXPERIMENTS = ["ufogen_mnist", "lcm_mnist", "ddgan_mnist", "siddm_mnist", "lcm_l
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS])
 def test_two_process_ddp_keeps_ranks_identical(tmp_path, name):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()),
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-m", "fastgen.fit", f"experiment={name}", "debug=fast", "trainer.devices=2",
          "trainer.strategy=ddp", "trainer.max_steps=4", "data.batch_size=4", f"paths.runs_dir={tmp_path}",

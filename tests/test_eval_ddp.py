@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
+
 from fastgen.eval.run_eval import run_eval
 from test_eval_fakes import FakeDataModule, FakeMethod
 
@@ -32,8 +34,7 @@ def _worker(rank, world, port, tmp, cfg):
 def test_two_process_gloo_matches_one_process(tmp_path):
     torch.set_num_threads(1)
     single = run_eval(FakeMethod(), FakeDataModule(), {**CFG, "cache_dir": str(tmp_path / "cache")})[0]
-    port = 29500 + os.getpid() % 1000
-    mp.spawn(_worker, args=(2, port, str(tmp_path), CFG), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), CFG), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [sum(n for n, _ in r["calls"]) for r in results] == [3, 3]  # the 6 samples are sharded
     for result in results:
@@ -46,8 +47,7 @@ def test_two_process_gloo_matches_one_process(tmp_path):
 def test_every_rank_makes_as_many_sampling_calls(tmp_path):
     """5 samples in batches of 2 on 2 ranks: rank 0 samples 2 + 1, rank 1 one extra noise first and then its 2 (a
     sharded FSDP network samples collectively; a rank calling less often would leave the other waiting forever)."""
-    port = 29500 + (os.getpid() + 7) % 1000
-    mp.spawn(_worker, args=(2, port, str(tmp_path), {**CFG, "num_samples": 5}), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), {**CFG, "num_samples": 5}), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [len(r["calls"]) for r in results] == [2, 2]
     assert results[0]["calls"] == [[2, 1], [1, 1]] and results[1]["calls"] == [[1, 1], [2, 1]]

@@ -39,9 +39,29 @@ class TinyDigits:
         return torch.rand(64, 1, 32, 32, generator=g) * 2 - 1, torch.randint(0, 10, (64,), generator=g)
 
 
-def test_classifier_for_caches_by_training_data_hash(tmp_path):
+class OtherDigits(TinyDigits):
+    def train_labelled(self, split):
+        images, labels = super().train_labelled(split)
+        return images.flip(-1), labels
+
+
+def test_classifier_for_caches_by_training_data_hash(tmp_path, monkeypatch):
+    """The second call loads the cached file (training again would raise); other training data trains anew."""
+    import fastgen.eval.digit_classifier as digit_classifier
+
     model, accuracy = classifier_for(TinyDigits(), tmp_path, epochs=1)
     files = list(tmp_path.glob("digit_classifier-*.safetensors"))
     assert len(files) == 1 and 0 <= accuracy <= 1
+    trainer = digit_classifier.train_digit_classifier
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained although a classifier for this data is cached")
+
+    monkeypatch.setattr(digit_classifier, "train_digit_classifier", no_training)
     again, _ = classifier_for(TinyDigits(), tmp_path, epochs=1)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(AssertionError, match="retrained"):  # the key is the data: flipped images are not a hit
+        classifier_for(OtherDigits(), tmp_path, epochs=1)
+    monkeypatch.setattr(digit_classifier, "train_digit_classifier", trainer)
+    classifier_for(OtherDigits(), tmp_path, epochs=1)
+    assert len(list(tmp_path.glob("digit_classifier-*.safetensors"))) == 2

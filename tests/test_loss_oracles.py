@@ -164,11 +164,22 @@ class LinearEps(nn.Module):
         return type("Out", (), {"sample": out})()
 
 
+def x0_eps_by_hand(out, x_t, t, acp, prediction_type):
+    """(x̂0, ε̂) of a network output, written out: ε: x̂0 = (x_t − σ_t ε̂)/α_t; v: x̂0 = α_t x_t − σ_t v̂, ε̂ = σ_t x_t + α_t v̂."""
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    alpha, sigma = acp[t].sqrt().view(shape), (1 - acp[t]).sqrt().view(shape)
+    if prediction_type == "epsilon":
+        return (x_t - sigma * out) / alpha, out
+    return alpha * x_t - sigma * out, sigma * x_t + alpha * out
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("scale", [2.0, "per-sample"])
-def test_teacher_solver_step_is_the_guided_ddim_step(scale):
+def test_teacher_solver_step_is_the_guided_ddim_step(scale, prediction_type, backbone):
     """LCM/TSCD's target step (LCM eq. 8): x̂0^w = x̂0_u + w(x̂0_c − x̂0_u), ε̂^w likewise, x_s = α_s x̂0^w + σ_s ε̂^w —
-    written out here for an eps-network with a known output."""
-    bb = build_random("mnist_pixel")
+    written out here for an ε- or v-network with a known output."""
+    bb = copy.deepcopy(backbone)
+    bb.prediction_type = prediction_type
     acp = bb.alphas_cumprod.double()
     torch.manual_seed(0)
     x_t = torch.randn(3, 1, 4, 4)
@@ -178,9 +189,8 @@ def test_teacher_solver_step_is_the_guided_ddim_step(scale):
     got = teacher_solver_step(bb, LinearEps(), x_t, t, s, cond, uncond, w if scale == "per-sample" else scale)
 
     def by_hand(c):
-        eps = 0.3 * x_t.double() + c.double().mean(dim=(1, 2)).view(-1, 1, 1, 1)
-        x0 = (x_t.double() - (1 - acp[t]).sqrt().view(-1, 1, 1, 1) * eps) / acp[t].sqrt().view(-1, 1, 1, 1)
-        return x0, eps
+        out = 0.3 * x_t.double() + c.double().mean(dim=(1, 2)).view(-1, 1, 1, 1)
+        return x0_eps_by_hand(out, x_t.double(), t, acp, prediction_type)
 
     (x0_c, eps_c), (x0_u, eps_u) = by_hand(cond), by_hand(uncond)
     w = w.double().view(-1, 1, 1, 1)
