@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from fastgen.data.points import PointsDataModule
 from fastgen.methods.ddgan import DDGAN
+from fastgen.methods.dmd import DMD
 from fastgen.methods.diffusion import Diffusion
 from fastgen.methods.dpm_solver import DPMSolverBaseline
 from fastgen.methods.lcm import LCM
@@ -34,6 +35,7 @@ METHODS = {
                                     target_ema_decay=None, export_dir=str(tmp / "lora")),
     "tscd": lambda bb, tmp: TSCD(bb, segments=[2, 1], stage_kimg=[0.008, 1.0], adv_weights=[0.1, 0.1],
                                  teacher_guidance_scale=1.0, sample_eta=0.3),
+    "dmd": lambda bb, tmp: DMD(bb, real_guidance_scale=1.5, fake_updates_per_g=2, gan_weight=0.1, teacher_guidance_scale=1.0),
 }
 
 
