@@ -7,7 +7,8 @@ import math
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from test_ufogen import PROMPTS, RandomDigits, changed, snapshot  # the UFOGen tests' data and helpers
+from torch.utils.data import DataLoader
 
 from fastgen.core import distribution_matching_gradient, distribution_matching_loss
 from fastgen.fit import run
@@ -15,8 +16,6 @@ from fastgen.methods.dmd import DMD
 from fastgen.networks import build_random
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-PROMPTS = ["a handwritten digit one", "a handwritten digit seven", "a handwritten digit three", "a handwritten digit zero"]
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +28,6 @@ def make_method(cache_dir, **kwargs):
     return DMD(build_random("mnist_pixel", cache_dir=cache_dir), **kwargs)
 
 
-class RandomDigits(Dataset):
-    def __len__(self):
-        return 64
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return {"image": torch.rand(1, 32, 32, generator=g) * 2 - 1, "prompt": PROMPTS[i % 4]}
-
-
 def fit(method, training_steps, callbacks=()):
     """A bare Trainer for `training_steps` training steps (Lightning's max_steps counts optimizer steps)."""
     g_updates = sum(1 for k in range(training_steps) if k % method.hparams.fake_updates_per_g == 0)
@@ -46,14 +36,6 @@ def fit(method, training_steps, callbacks=()):
                         callbacks=list(callbacks))
     trainer.fit(method, train_dataloaders=DataLoader(RandomDigits(), batch_size=2, shuffle=True))
     return trainer
-
-
-def snapshot(module):
-    return {n: p.detach().clone() for n, p in module.named_parameters()}
-
-
-def changed(module, before):
-    return {n for n, p in module.named_parameters() if not torch.equal(p, before[n])}
 
 
 # -- the gradient ----------------------------------------------------------------------------------------------------
@@ -199,7 +181,8 @@ def test_gan_classifier_reads_the_fake_score_network_and_trains_in_its_phase(cac
     # named losses of both phases
     x0 = torch.rand(2, 1, 32, 32) * 2 - 1
     x0_gen = torch.randn(2, 1, 32, 32, requires_grad=True)
-    assert set(method.g_losses(x0_gen, None, x0, cond, method.backbone.encode_prompts([""]).expand_as(cond))) == {"dm", "g_gan"}
+    uncond = method.backbone.encode_prompts([""]).expand_as(cond)
+    assert set(method.g_losses(x0_gen, None, x0, cond, uncond)) == {"dm", "g_gan"}
     assert set(method.fake_losses(x0_gen, x0, cond)) == {"fake_denoise", "d_real", "d_fake"}
     # the fake phase trains the head and the fake network; the generator phase neither
     h0, f0, g0 = snapshot(method.gan_head), snapshot(method.fake_unet), snapshot(method.backbone.unet)
@@ -312,7 +295,8 @@ def test_a_short_points_run_beats_the_untrained_control():
         return sum(energy_distance(x[labels == k], held[labels == k]) for k in labels.unique()) / len(labels.unique())
 
     control = ed()
-    trainer = L.Trainer(max_steps=600,  # 400 training steps: 400 fake-score and 200 generator updates accelerator="cpu", logger=False, enable_checkpointing=False,
+    # 400 training steps: 400 fake-score and 200 generator updates
+    trainer = L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(method, datamodule=data)
     trained = ed()
