@@ -6,7 +6,7 @@ Per CSV: one row per (method, steps) with energy distance, kNN precision, kNN re
 over training seeds (each seed's latest row) and the per-seed values; then the must-hold targets, each met or not
 on every seed:
 - the teacher: 25-step DPM-Solver++ (ODE) energy distance <= 3x the real-vs-real floor, recall >= 0.9;
-- every headline row (UFOGen 1; DDGAN, SIDDM 4; LCM, LCM-LoRA 2 and 4; TSCD 1 and 4) below DPM-Solver++ ODE and
+- every headline row (UFOGen 1; DDGAN, SIDDM 4; LCM, LCM-LoRA 2 and 4; TSCD 1 and 4; DMD 1) below DPM-Solver++ ODE and
   SDE at equal NFE and below its own untrained control (`<family>@init`) in energy distance;
 - DDGAN and SIDDM at 4 steps: recall >= 0.9;
 - LCM, LCM-LoRA and TSCD at 4 steps: energy distance <= 1.5x the teacher's 25-step ODE one;
@@ -22,9 +22,10 @@ import pandas as pd
 
 METRICS = ("energy_distance", "knn_precision", "knn_recall", "prompt_accuracy")
 HEADLINES = (("ufogen", 1), ("ddgan", 4), ("siddm", 4), ("lcm", 2), ("lcm", 4), ("lcm_lora", 2), ("lcm_lora", 4),
-             ("tscd", 1), ("tscd", 4))
+             ("tscd", 1), ("tscd", 4), ("dmd", 1))
 CONTROL_OF = {"ufogen": "ufogen@init", "ddgan": "ddgan@init", "siddm": "ddgan@init", "lcm": "lcm@init",
-              "lcm_lora": "lcm@init", "tscd": "tscd@init"}
+              "lcm_lora": "lcm@init", "tscd": "tscd@init",
+              "dmd": "dmd@init"}
 
 
 def per_seed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -20,15 +20,16 @@ def test_plan_trains_a_missing_teacher_first_and_every_method_per_seed(tmp_path)
     cells = plan(cfg)
     assert [c.kind for c in cells[:2]] == ["teacher", "baseline"]
     methods = [c for c in cells if c.kind == "method"]
-    assert len(methods) == 2 * len(cfg.suite.methods) == 12
+    assert len(methods) == 2 * len(cfg.suite.methods) == 14
     ufogen_seed3 = next(c for c in methods if c.name == "ufogen_mnist-seed3")
     assert {"experiment=ufogen_mnist", "seed=3", "run_name=bench_mnist/ufogen_mnist-seed3", "ckpt_path=last",
             "eval.leaderboard=benchmarks/leaderboards/mnist.csv", "eval.baseline_steps=[]",
             "trainer.accelerator=cpu"} <= set(ufogen_seed3.command)
     # the controls: each evaluated untrained, after the training cells, rows under <method>@init
     controls = [c for c in cells if c.kind == "control"]
-    assert [c.name for c in controls] == ["ufogen_mnist-init", "ddgan_mnist-init", "lcm_mnist-init", "tscd_mnist-init"]
-    assert cells[-4:] == controls
+    assert [c.name for c in controls] == [
+        "ufogen_mnist-init", "ddgan_mnist-init", "lcm_mnist-init", "tscd_mnist-init", "dmd_mnist-init"]
+    assert cells[-5:] == controls
     assert {"fastgen.evaluate", "experiment=ufogen_mnist", "label=ufogen@init", "real_data=false",
             "eval.leaderboard=benchmarks/leaderboards/mnist.csv"} <= set(controls[0].command)
     assert controls[0].replaces({"method": "ufogen@init"}) and not controls[0].replaces({"method": "ufogen"})
@@ -96,7 +97,8 @@ def test_a_suite_with_variants_runs_every_cell_per_variant_into_its_own_leaderbo
     assert [c.kind for c in cells[:2]] == ["baseline", "baseline"]  # the committed teachers count as found
     methods = [c for c in cells if c.kind == "method"]
     assert len(methods) == 2 * 2 * len(cfg.suite.methods)
-    assert [c.name for c in methods[:7]] == [f"{m}-grid-seed0" for m in cfg.suite.methods] + ["ufogen_points-patterns-seed0"]
+    n = len(cfg.suite.methods)
+    assert [c.name for c in methods[:n + 1]] == [f"{m}-grid-seed0" for m in cfg.suite.methods] + ["ufogen_points-patterns-seed0"]
     cell = next(c for c in methods if c.name == "ddgan_points-patterns-seed1")
     assert {"experiment=ddgan_points", "seed=1", "data.shape=patterns", "trainer.accelerator=cpu",
             "run_name=bench_points/ddgan_points-patterns-seed1",
@@ -144,7 +146,7 @@ def test_cells_leave_latency_to_the_quiet_pass_that_runs_after_them(tmp_path, mo
             "bench.latency.threads=1"]
     assert run_suite(_bench_cfg(only)) == 0
     assert calls[0][0] == ["dpm_solver_mnist", "ufogen_mnist", "ddgan_mnist", "siddm_mnist", "lcm_mnist",
-                           "lcm_lora_mnist", "tscd_mnist"]
+                           "lcm_lora_mnist", "tscd_mnist", "dmd_mnist"]
     assert calls[0][1]["threads"] == 1 and calls[0][1]["repeats"] == 5
     # every cell finished and the pass done: nothing runs again; a cell that runs again brings the pass back
     cells = {c.name: c for c in plan(cfg)}

@@ -13,7 +13,7 @@ from conftest import free_port
 
 TESTS = Path(__file__).parent
 FAST = {"ufogen_mnist", "lcm_mnist"}  # manual (GAN) and automatic optimisation; the rest: -m slow
-EXPERIMENTS = ["ufogen_mnist", "lcm_mnist", "ddgan_mnist", "siddm_mnist", "lcm_lora_mnist", "tscd_mnist"]
+EXPERIMENTS = ["ufogen_mnist", "lcm_mnist", "ddgan_mnist", "siddm_mnist", "lcm_lora_mnist", "tscd_mnist", "dmd_mnist"]
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS])

@@ -38,9 +38,10 @@ def _check_paired(method, steps):
     assert not torch.equal(whole[0], whole[1])
 
 
-# ufogen: re-noising; ddgan/siddm: latent z and posterior noise; lcm: re-noising; tscd: TCD's gamma noise
+# ufogen: re-noising; ddgan/siddm: latent z and posterior noise; lcm: re-noising; tscd: TCD's gamma noise; dmd: none
 @pytest.mark.parametrize("experiment, steps", [("ufogen_mnist", 2), ("ddgan_mnist", 4), ("siddm_mnist", 4),
-                                               ("lcm_mnist", 2), ("tscd_mnist", 2), ("teacher_mnist", 2)])
+                                               ("lcm_mnist", 2), ("tscd_mnist", 2), ("dmd_mnist", 1),
+                                               ("teacher_mnist", 2)])
 def test_a_method_sample_does_not_depend_on_its_batch_or_shard(experiment_cfg, experiment, steps):
     _check_paired(_build(experiment_cfg, experiment), steps)
 

@@ -128,7 +128,7 @@ def test_every_sd15_experiment_trains_evaluates_against_coco_and_renders(world, 
     from fastgen.fit import run
     from fastgen.leaderboard import main as leaderboard_main
 
-    assert EXPERIMENTS == ["ddgan_sd15", "lcm_lora_sd15", "lcm_sd15", "siddm_sd15", "tscd_sd15", "ufogen_sd15"]
+    assert EXPERIMENTS == ["ddgan_sd15", "dmd_sd15", "lcm_lora_sd15", "lcm_sd15", "siddm_sd15", "tscd_sd15", "ufogen_sd15"]
     start, seconds = time.perf_counter(), {}
     for experiment in EXPERIMENTS:
         began = time.perf_counter()
@@ -147,9 +147,10 @@ def test_every_sd15_experiment_trains_evaluates_against_coco_and_renders(world, 
     baseline = board[board["method"] == "dpm_solver"]
     assert sorted(set(baseline["steps"].astype(int))) == [1, 4]  # computed once per teacher and guidance, cached
     trained = board[~board["method"].isin(["real_data", "dpm_solver"])]
-    assert set(trained["method"]) == {"ufogen", "siddm", "ddgan", "lcm", "lcm_lora", "tscd"}
+    assert set(trained["method"]) == {"ufogen", "siddm", "ddgan", "lcm", "lcm_lora", "tscd", "dmd"}
     for method, steps in trained.groupby("method")["steps"]:
-        assert sorted(steps.astype(int)) == ([4] if method in ("ddgan", "siddm") else [1, 4]), method  # T = 4 GAN chains
+        expected = [4] if method in ("ddgan", "siddm") else [1] if method == "dmd" else [1, 4]  # T = 4 GAN chains; one step
+        assert sorted(steps.astype(int)) == expected, method
     scored = board[board["method"] != "real_data"]
     for column in ("fid", "kid", "clip_score", "aesthetic_score", "ms_per_image"):
         assert scored[column].notna().all() and np.isfinite(scored[column]).all(), column

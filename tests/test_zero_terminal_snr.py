@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fastgen.methods.ddgan import DDGAN
+from fastgen.methods.dmd import DMD
 from fastgen.methods.diffusion import Diffusion
 from fastgen.methods.dpm_solver import DPMSolverBaseline
 from fastgen.methods.lcm import LCM
@@ -30,6 +31,7 @@ METHODS = {
     "lcm": lambda bb: LCM(bb, guidance_embed_dim=32),
     "lcm_lora": lambda bb: LCM(bb, lora_rank=4, guidance_embed_dim=None),
     "tscd": lambda bb: TSCD(bb, segments=[2, 1], stage_kimg=[0.002, 1.0], sample_eta=0.3),
+    "dmd": lambda bb: DMD(bb, real_guidance_scale=2.0, fake_updates_per_g=1, gan_weight=0.1),
 }
 
 

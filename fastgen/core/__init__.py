@@ -6,6 +6,7 @@ from fastgen.core.diffusion import (
     append_dims,
     ddim_step,
     eps_to_x0,
+    prediction_target,
     prediction_to_x0_eps,
     q_posterior_mean_var,
     q_posterior_sample,
@@ -15,6 +16,7 @@ from fastgen.core.diffusion import (
     v_to_x0,
     x0_to_eps,
 )
+from fastgen.core.distribution_matching import distribution_matching_gradient, distribution_matching_loss
 from fastgen.core.distances import mse, pseudo_huber
 from fastgen.core.ema import copy_params_, ema_update_
 from fastgen.core.gan_losses import (
@@ -51,6 +53,8 @@ __all__ = [
     "d_loss_softplus",
     "ddgan_vp_alphas_cumprod",
     "ddim_step",
+    "distribution_matching_gradient",
+    "distribution_matching_loss",
     "ema_update_",
     "eps_to_x0",
     "g_loss_clamped_bce",
@@ -62,6 +66,7 @@ __all__ = [
     "linear_alphas_cumprod",
     "make_alphas_cumprod",
     "mse",
+    "prediction_target",
     "prediction_to_x0_eps",
     "pseudo_huber",
     "q_posterior_mean_var",

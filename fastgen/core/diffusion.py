@@ -104,6 +104,19 @@ def prediction_to_x0_eps(output: torch.Tensor, x_t: torch.Tensor, t, acp: torch.
     raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
 
 
+def prediction_target(x0: torch.Tensor, noise: torch.Tensor, t, acp: torch.Tensor, prediction_type: str):
+    """What a network of `prediction_type` regresses at x_t = α_t x0 + σ_t ε: ε, v = α_t ε − σ_t x0
+    (Salimans & Ho 2022, App. D) or x0 (the DDPM loss, Ho et al. 2020, eq. 14, in each parameterisation)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        alpha, sigma = alpha_sigma(acp, t, x0.ndim, x0.dtype)
+        return alpha * noise - sigma * x0
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
+
+
 def ddim_step(x0_hat: torch.Tensor, eps_hat: torch.Tensor, s, acp: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM update to time s: x_s = α_s x̂_0 + σ_s ε̂ (Song et al. 2021, eq. 12, η = 0);
     s = −1 returns x̂_0."""

@@ -29,7 +29,7 @@ REAL = "real"
 REAL_DATA = "real_data"
 BASELINE = "dpm_solver"  # the DPM-Solver++ rows: dpm_solver (ODE), dpm_solver_sde
 CONTROL = "@init"  # suffix of a control's rows: a method evaluated untrained (the bench's suite.controls)
-METHOD_ORDER = ("ufogen", "siddm", "ddgan", "lcm", "lcm_lora", "tscd")  # the flagship first, families together
+METHOD_ORDER = ("ufogen", "dmd", "siddm", "ddgan", "lcm", "lcm_lora", "tscd")  # the flagship first, families together
 SERIES_PARTS = ("experiment", "guidance", "precision")
 FINAL = "final"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastgen.core import alpha_sigma, q_sample
+from fastgen.core import prediction_target, q_sample
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.dpm_solver import dpm_solver_sample
 from fastgen.methods.optim import adamw_with_schedule
@@ -45,13 +45,7 @@ class Diffusion(FewStepMethod):
         self.ema_unet = self.make_ema(backbone.unet)
 
     def diffusion_target(self, x0, noise, t):
-        kind = self.backbone.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "v_prediction":
-            alpha, sigma = alpha_sigma(self.backbone.alphas_cumprod, t, x0.ndim)
-            return alpha * noise - sigma * x0
-        return x0
+        return prediction_target(x0, noise, t, self.backbone.alphas_cumprod, self.backbone.prediction_type)
 
     def training_step(self, batch, batch_idx):
         bb = self.backbone

@@ -21,6 +21,8 @@ import copy
 import torch
 from torch import nn
 
+from fastgen.networks.encoder_heads import head_logits, mlp_logit_head, unet_encoder_features, unet_logit_head
+
 
 def _widened(layer: nn.Module, extra: int, make) -> nn.Module:
     """A copy of input layer `layer` taking `extra` more input channels whose weights start at zero."""
@@ -49,24 +51,12 @@ class UNetEncoderDiscriminator(nn.Module):
         self.cond_channels = cond_channels
         self.time_proj, self.time_embedding = unet.time_proj, unet.time_embedding
         self.down_blocks, self.mid_block = unet.down_blocks, unet.mid_block
-        width = unet.config.block_out_channels[-1]
-        self.head = nn.Sequential(
-            nn.GroupNorm(unet.config.norm_num_groups, width), nn.SiLU(), nn.Conv2d(width, 1, kernel_size=1)
-        )
+        self.head = unet_logit_head(unet.config.block_out_channels[-1], unet.config.norm_num_groups)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, x_cond: torch.Tensor | None = None):
         _check_x_cond(self.cond_channels, x_cond)
-        dtype = self.conv_in.weight.dtype
-        h = self.conv_in(torch.cat([x, x_cond], 1) if x_cond is not None else x).to(dtype)
-        emb = self.time_embedding(self.time_proj(t.expand(x.shape[0])).to(dtype))
-        cond = cond.to(dtype)
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, _ = block(h, temb=emb, encoder_hidden_states=cond)
-            else:
-                h, _ = block(h, temb=emb)
-        h = self.mid_block(h, emb, encoder_hidden_states=cond)
-        return self.head(h).float().mean(dim=(1, 2, 3))
+        h = unet_encoder_features(self, torch.cat([x, x_cond], 1) if x_cond is not None else x, t, cond)
+        return head_logits(self.head, h)
 
 
 class MLPDiscriminator(nn.Module):
@@ -77,10 +67,9 @@ class MLPDiscriminator(nn.Module):
         trunk.proj_in = _widened(trunk.proj_in, cond_channels,
                                  lambda p: nn.Linear(p.in_features + cond_channels, p.out_features))
         self.body, self.cond_channels = trunk, cond_channels
-        width = mlp.config.hidden_dim
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, 1))
+        self.head = mlp_logit_head(mlp.config.hidden_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, x_cond: torch.Tensor | None = None):
         _check_x_cond(self.cond_channels, x_cond)
         h = self.body.trunk(torch.cat([x, x_cond], 1) if x_cond is not None else x, t, cond)
-        return self.head(h).float().squeeze(-1)
+        return head_logits(self.head, h)
