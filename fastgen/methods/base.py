@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from fastgen.core import ema_update_
+from fastgen.core import ema_update_, strength_timestep
 
 FROZEN_PREFIXES = ("backbone.text_encoder.", "backbone.vae.", "teacher_unet.")
 
@@ -48,6 +48,12 @@ class FewStepMethod(L.LightningModule):
         sample b depends on `noise[b]`, `prompts[b]` and `generator[b]` only, not on the batch it is in (the
         evaluation passes one per sample, seeded from its index); one generator draws for the whole batch;
         None draws from the global RNG."""
+
+    def start_time(self, strength: float) -> int:
+        """Image-to-image: the grid time `strength` selects, where `sample(..., t_start=)` begins (−1: none, the input is
+        returned). Default round(strength·T) − 1; a sampler with a coarser time grid snaps down onto it. Every
+        `sample` takes `t_start` (None: T − 1, text-to-image) and spaces its `steps` steps from there."""
+        return strength_timestep(strength, self.backbone.num_train_timesteps)
 
     def nfe(self, steps: int) -> int:
         """Network evaluations for `steps` steps (classifier-free guidance counts twice)."""
