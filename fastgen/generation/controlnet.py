@@ -61,7 +61,7 @@ def control_residuals(controlnet, control: torch.Tensor, sample, timestep, encod
         control = control.repeat(n // control.shape[0], 1, 1, 1)
     dtype = next(controlnet.parameters()).dtype
     kwargs = {}
-    if timestep_cond is not None and controlnet.config.time_cond_proj_dim is not None:
+    if timestep_cond is not None and getattr(controlnet.time_embedding, "cond_proj", None) is not None:
         kwargs["timestep_cond"] = timestep_cond.to(dtype)
     down, mid = controlnet(sample.to(dtype), timestep, encoder_hidden_states=encoder_hidden_states.to(dtype),
                            controlnet_cond=control.to(sample.device, dtype), conditioning_scale=scale,
