@@ -6,7 +6,8 @@ For each held-out digit d (the first --n of the held-out split) the prompt asks 
 with `fastgen.generation.sampling.img2img` from the digit at strengths 0.2 ... 1.0 (sample i: the evaluation's noise
 and sampler generator of index i at seed 0). Per (method, steps, strength): prompt accuracy (the shipped digit
 classifier reads the asked digit), source kept (it still reads d), SSIM and mean |x - input| (pixels in [-1, 1]) to
-the input digit. Methods: the checkpoint (UFOGen) at 1/2/4 steps, the teacher with DPM-Solver++ (CFG 2) at 8 and 25.
+the input digit. Methods: the checkpoint (UFOGen) at 1/2/4 steps, the teacher with DPM-Solver++ (CFG 2) at 8 and 25
+(`--steps`, `--teacher-steps`). Rows are written as they come.
 Writes <out>/img2img_mnist.csv and <out>/img2img_mnist.png (input row, then one row per method at each strength).
 """
 
@@ -52,6 +53,8 @@ def main():
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--out", default="benchmarks")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="the checkpoint's step counts")
+    parser.add_argument("--teacher-steps", type=int, nargs="+", default=[8, 25], help="DPM-Solver++ step counts")
     args = parser.parse_args()
     torch.manual_seed(0)
     dm = MNISTDataModule()
@@ -66,8 +69,8 @@ def main():
     teacher_bb = copy.deepcopy(ufogen.backbone)
     if teacher_unet is not None:
         teacher_bb.unet = teacher_unet
-    runs = [(ufogen.name, ufogen, s) for s in (1, 2, 4)] + [("dpm_solver (teacher)", teacher_baseline(teacher_bb), s)
-                                                             for s in (8, 25)]
+    teacher = teacher_baseline(teacher_bb)
+    runs = [(ufogen.name, ufogen, s) for s in args.steps] + [("dpm_solver (teacher)", teacher, s) for s in args.teacher_steps]
     rows, picture = [], [x0[:8]]
     for name, method, steps in runs:
         for strength in STRENGTHS:
@@ -80,10 +83,10 @@ def main():
                              ssim=ssim(x, x0, data_range=2.0).item(), l1=(x - x0).abs().mean().item(),
                              seconds=round(time.time() - t0, 1)))
             print(rows[-1], flush=True)
-            if steps in (1, 8):
+            pd.DataFrame(rows).to_csv(Path(args.out) / "img2img_mnist.csv", index=False, float_format="%.3f")
+            if steps == min(args.steps) or steps == min(args.teacher_steps):
                 picture.append(x[:8])
     out = Path(args.out)
-    pd.DataFrame(rows).to_csv(out / "img2img_mnist.csv", index=False, float_format="%.3f")
     grid = make_grid(torch.cat([p.cpu() for p in picture]) * 0.5 + 0.5, nrow=8, padding=2, pad_value=0.5)
     save_image(grid, out / "img2img_mnist.png")
 
