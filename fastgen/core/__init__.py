@@ -38,6 +38,7 @@ from fastgen.core.schedules import (
     make_alphas_cumprod,
     rescale_zero_terminal_snr,
     scaled_linear_alphas_cumprod,
+    strength_timestep,
     trailing_timesteps,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "randn_per_sample",
     "rescale_zero_terminal_snr",
     "scaled_linear_alphas_cumprod",
+    "strength_timestep",
     "trailing_timesteps",
     "v_to_eps",
     "v_to_x0",

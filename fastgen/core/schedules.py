@@ -98,14 +98,28 @@ def lcm_solver_grid(T: int = 1000, num_ddim_steps: int = 50) -> torch.Tensor:
     return torch.arange(1, num_ddim_steps + 1, dtype=torch.long) * k - 1
 
 
-def lcm_timesteps(num_steps: int, T: int = 1000, original_steps: int = 50) -> torch.Tensor:
+def lcm_timesteps(num_steps: int, T: int = 1000, original_steps: int = 50, start: int | None = None) -> torch.Tensor:
     """LCM inference timesteps: ``num_steps`` evenly spaced indices into the reversed solver grid.
 
-    Equals diffusers ``LCMScheduler.set_timesteps(num_steps).timesteps``.
+    Equals diffusers ``LCMScheduler.set_timesteps(num_steps).timesteps``. `start` (image-to-image) keeps only the
+    solver-grid points <= start and spaces the steps over those, as if the grid ended there.
     """
-    if not 1 <= num_steps <= original_steps:
-        raise ValueError(f"num_steps must be in [1, original_steps={original_steps}], got {num_steps}")
     grid = lcm_solver_grid(T, original_steps).flip(0)
-    step = original_steps / num_steps  # numpy.linspace(0, N, n, endpoint=False) as in diffusers
+    if start is not None:
+        grid = grid[grid <= start]
+    available = len(grid)
+    if not 1 <= num_steps <= available:
+        raise ValueError(f"num_steps must be in [1, {available}] (original_steps={original_steps} solver-grid points, "
+                         f"{available} of them at or below the start), got {num_steps}")
+    step = available / num_steps  # numpy.linspace(0, N, n, endpoint=False) as in diffusers
     idx = [math.floor(i * step) for i in range(num_steps)]
     return grid[idx]
+
+
+def strength_timestep(strength: float, T: int = 1000) -> int:
+    """The start time of image-to-image (SDEdit, Meng et al. 2022, arXiv 2108.01073) at `strength` in [0, 1], on the
+    trailing convention: round(strength·T) − 1, so strength 1 is the first time of every text-to-image grid (T − 1)
+    and strength 0 is −1 (no noise: the input is returned)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength={strength} must be in [0, 1] (1: text-to-image, 0: the input image unchanged)")
+    return round(strength * T) - 1

@@ -256,16 +256,24 @@ class PosteriorChainGAN(FewStepMethod):
         return [g_opt, d_opt]
 
     # -- sampling: the posterior chain over the trained levels -----------------------------------------------------
+    def start_time(self, strength: float) -> int:
+        """The highest trained level at or below round(strength·T) − 1 (−1 below the first level)."""
+        t = super().start_time(strength)
+        return max([level for level in self.levels.tolist() if level <= t], default=-1)
+
     @torch.no_grad()
-    def sample(self, noise, prompts, steps, generator=None):
+    def sample(self, noise, prompts, steps, generator=None, t_start=None):
         """x_T = noise; at each level x̂0 = G_ema(x_t, t, c, z) with fresh z, then x_{t−1} ~ q(x_{t−1} | x_t, x̂0);
-        the last level returns x̂0. z and the posterior noise come from `generator` (base.py: one per sample or one)."""
+        the last level returns x̂0. z and the posterior noise come from `generator` (base.py: one per sample or one).
+        Image-to-image starts at the trained level `t_start` (`start_time`) and runs the levels below it."""
         self.check_steps(steps)
         bb = self.backbone
         cond = bb.encode_prompts(prompts)
         draw = lambda *shape: randn_per_sample(shape, generator, noise.device)  # noqa: E731
         x = noise.float()
         for t, s in zip(self.levels.tolist()[::-1], self.prev_levels.tolist()[::-1]):
+            if t_start is not None and t > t_start:
+                continue
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             x0_hat = self.generate(self.ema_unet, x, t_batch, cond, draw(x.shape[0], self.hparams.nz))
             if s < 0:

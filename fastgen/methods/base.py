@@ -31,7 +31,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from fastgen.core import ema_update_
+from fastgen.core import ema_update_, strength_timestep
 
 FROZEN_PREFIXES = ("backbone.text_encoder.", "backbone.vae.", "teacher_unet.")
 FINAL_MODEL = "@final"  # label suffix of a method's final-weights rows where its own rows come from other weights
@@ -108,6 +108,12 @@ class FewStepMethod(L.LightningModule):
         return [RowSource(("",))]
 
     checkpoint_dir = None  # the folder of the checkpoint the method was loaded from (method_from_checkpoint)
+
+    def start_time(self, strength: float) -> int:
+        """Image-to-image: the grid time `strength` selects, where `sample(..., t_start=)` begins (−1: none, the input is
+        returned). Default round(strength·T) − 1; a sampler with a coarser time grid snaps down onto it. Every
+        `sample` takes `t_start` (None: T − 1, text-to-image) and spaces its `steps` steps from there."""
+        return strength_timestep(strength, self.backbone.num_train_timesteps)
 
     def nfe(self, steps: int) -> int:
         """Network evaluations for `steps` steps (classifier-free guidance counts twice)."""

@@ -76,9 +76,9 @@ class Diffusion(FewStepMethod):
                                          hp.warmup_steps, hp.lr_decay_start, hp.lr_decay_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def sample(self, noise, prompts, steps, generator=None):
+    def sample(self, noise, prompts, steps, generator=None, t_start=None):
         return dpm_solver_sample(self.backbone, self.ema_unet, noise, prompts, steps, self.guidance_scale,
-                                 generator=generator)
+                                 generator=generator, t_start=t_start)
 
     def on_train_end(self):
         """Export the EMA teacher in the diffusers layout, so distillation runs load it by path."""

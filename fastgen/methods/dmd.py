@@ -249,7 +249,12 @@ class DMD(FewStepMethod):
 
     # -- sampling ----------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, noise, prompts, steps, generator=None):
-        """x̂0 = G_ema(noise, T−1, c): one step, no further random draws."""
+    def sample(self, noise, prompts, steps, generator=None, t_start=None):
+        """x̂0 = G_ema(noise, T−1, c): one step, no further random draws; image-to-image (`t_start`): G_ema(x_t,
+        t_start, c), the generator read at the start time as UFOGen's is."""
         self.check_steps(steps)
-        return self.generate(self.ema_unet, noise.float(), self.backbone.encode_prompts(prompts))
+        cond = self.backbone.encode_prompts(prompts)
+        if t_start is None:
+            return self.generate(self.ema_unet, noise.float(), cond)
+        t = torch.full((noise.shape[0],), t_start, dtype=torch.long, device=noise.device)
+        return self.backbone.denoise(self.ema_unet, noise.float(), t, cond)[0]

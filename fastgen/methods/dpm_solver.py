@@ -42,17 +42,24 @@ def guided_model_output(backbone, unet, x_t, t, cond, uncond, guidance_scale: fl
 
 @torch.no_grad()
 def dpm_solver_sample(backbone, unet, noise, prompts, steps: int, guidance_scale: float,
-                      algorithm_type: str = "dpmsolver++", generator=None) -> torch.Tensor:
+                      algorithm_type: str = "dpmsolver++", generator=None, t_start: int | None = None) -> torch.Tensor:
     """Run DPM-Solver++ (`algorithm_type` in SOLVERS) for `steps` steps from `noise`; returns x0 in model space.
 
-    The SDE variant draws its per-step noise from `generator` (one per sample, one, or None: `randn_per_sample`)."""
+    The SDE variant draws its per-step noise from `generator` (one per sample, one, or None: `randn_per_sample`).
+    `t_start` (image-to-image) lays the `linspace` grid over [0, t_start] instead of [0, T − 1]."""
     from diffusers import DPMSolverMultistepScheduler
 
     scheduler = DPMSolverMultistepScheduler(
         **backbone.schedule, prediction_type=backbone.prediction_type, algorithm_type=algorithm_type,
         **DPM_SOLVER_CONFIG,
     )
-    scheduler.set_timesteps(steps, device=noise.device)
+    if t_start is None:
+        scheduler.set_timesteps(steps, device=noise.device)
+    else:  # linspace spacing's own rule, linspace(0, T − 1, N + 1) rounded, with t_start for T − 1
+        grid = torch.linspace(0, t_start, steps + 1, dtype=torch.float64).round().long().flip(0)[:-1]
+        if len(set(grid.tolist())) < steps:
+            raise ValueError(f"{steps} steps do not fit below the start time {t_start}: lower steps or raise strength")
+        scheduler.set_timesteps(timesteps=grid.tolist(), device=noise.device)
     cond = backbone.encode_prompts(prompts)
     uncond = backbone.encode_prompts([""]).expand_as(cond) if guidance_scale > 1.0 else None
     stochastic = algorithm_type.startswith("sde-")
@@ -81,6 +88,6 @@ class DPMSolverBaseline(FewStepMethod):
         self.guidance_scale = self.teacher_guidance_scale = float(guidance_scale)
         self.teacher_unet = (backbone.unet if teacher is None else teacher).requires_grad_(False).eval()
 
-    def sample(self, noise, prompts, steps, generator=None):
+    def sample(self, noise, prompts, steps, generator=None, t_start=None):
         return dpm_solver_sample(self.backbone, self.teacher_unet, noise, prompts, steps, self.guidance_scale,
-                                 self.hparams.algorithm_type, generator)
+                                 self.hparams.algorithm_type, generator, t_start=t_start)

@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import torch
 
-from fastgen.core import consistency_output, guidance_scale_embedding, lcm_timesteps, mse, pseudo_huber, q_sample
+from fastgen.core import (
+    consistency_output, guidance_scale_embedding, lcm_solver_grid, lcm_timesteps, mse, pseudo_huber, q_sample,
+)
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
     empty_prompt_cond,
@@ -170,12 +172,20 @@ class LCM(ConsistencyDistillation):
         self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
 
     # -- sampling ------------------------------------------------------------------------------------
+    def start_time(self, strength: float) -> int:
+        """The highest solver-grid point at or below round(strength·T) − 1 (−1 below the lowest)."""
+        t = super().start_time(strength)
+        grid = lcm_solver_grid(self.backbone.num_train_timesteps, self.hparams.num_ddim_timesteps)
+        return int(grid[grid <= t].max()) if (grid <= t).any() else -1
+
     @torch.no_grad()
-    def sample(self, noise, prompts, steps, generator=None):
-        """LCM multistep sampling (LCMScheduler): consistency output, re-noised to the next timestep; under
-        `control()` the consistency output of the teacher's CFG x̂0 at the student's sampling scale."""
+    def sample(self, noise, prompts, steps, generator=None, t_start=None):
+        """LCM multistep sampling (LCMScheduler): consistency output, re-noised to the next timestep; from `t_start`
+        (a solver-grid point: `start_time`) for image-to-image. Under `control()` the consistency output of the
+        teacher's CFG x̂0 at the student's sampling scale."""
         bb = self.backbone
-        timesteps = lcm_timesteps(steps, bb.num_train_timesteps, self.hparams.num_ddim_timesteps).to(noise.device)
+        timesteps = lcm_timesteps(steps, bb.num_train_timesteps, self.hparams.num_ddim_timesteps, start=t_start)
+        timesteps = timesteps.to(noise.device)
         cond = bb.encode_prompts(prompts)
         w_emb = self.guidance_embedding(torch.full((noise.shape[0],), self.sample_guidance, device=noise.device))
         kwargs = self.omega_input(self.sampling_unet, w_emb)

@@ -365,11 +365,13 @@ class TSCD(ConsistencyDistillation):
 
     # -- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, noise, prompts, steps, generator=None):
-        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when sample_eta > 0. Under
-        `control()` the same steps with the teacher's CFG x̂0, ε̂ at `teacher_guidance_scale`."""
+    def sample(self, noise, prompts, steps, generator=None, t_start=None):
+        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when sample_eta > 0; from
+        `t_start` for image-to-image. Under `control()` the same steps with the teacher's CFG x̂0, ε̂ at
+        `teacher_guidance_scale`."""
         bb, eta = self.backbone, self.hparams.sample_eta
-        timesteps = trailing_timesteps(steps, bb.num_train_timesteps).tolist() + [-1]
+        start = bb.num_train_timesteps - 1 if t_start is None else t_start
+        timesteps = trailing_timesteps(steps, start + 1).tolist() + [-1]
         cond = bb.encode_prompts(prompts)
         x = noise.float()
         for t, t_next in zip(timesteps[:-1], timesteps[1:]):

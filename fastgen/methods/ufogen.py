@@ -245,12 +245,13 @@ class UFOGen(FewStepMethod):
 
     # -- sampling -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, noise, prompts, steps, generator=None):
-        """x̂0 = G_ema(x_t, t, c) on the trailing grid, re-noised to the next grid time with fresh noise."""
+    def sample(self, noise, prompts, steps, generator=None, t_start=None):
+        """x̂0 = G_ema(x_t, t, c) on the trailing grid, re-noised to the next grid time with fresh noise; from
+        `t_start` (image-to-image: one step is G_ema(x_{t_start}, t_start, c))."""
         self.check_steps(steps)
         bb = self.backbone
         cond = bb.encode_prompts(prompts)
-        grid = trailing_timesteps(steps, bb.num_train_timesteps).tolist()
+        grid = trailing_timesteps(steps, (bb.num_train_timesteps - 1 if t_start is None else t_start) + 1).tolist()
         x = noise.float()
         for i, t in enumerate(grid):
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)

@@ -1,0 +1,3 @@
+"""From a trained method to images people use: text-to-image and image-to-image sampling on the evaluation's
+noises (sampling.py), ControlNet residuals for any method's UNet (controlnet.py), image files (images.py), and
+export to diffusers pipelines (export.py)."""

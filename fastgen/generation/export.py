@@ -1,0 +1,136 @@
+"""Export a trained method to diffusers: a `StableDiffusionPipeline` folder whose scheduler reproduces the method's
+sampler, the UNet alone, or its LoRA in the format `load_lora_weights` reads.
+
+Schedulers (each reproduces `method.sample` step for step; tests/test_export.py checks the images):
+- UFOGen: `LCMScheduler` with `original_inference_steps` = T (so N steps are the trailing grid for N dividing T)
+  and a timestep scaling so large that c_skip = 0 and c_out = 1: each step takes x̂0 and, except at the last step,
+  re-noises it to the next time with fresh noise from the pipeline's generator — UFOGen's multistep sampler.
+- LCM / LCM-LoRA: `LCMScheduler` with the method's solver grid (`original_inference_steps` = num_ddim_timesteps)
+  and timestep scaling; the full LCM embeds ω = guidance_scale − 1 as diffusers' pipelines do.
+- TSCD (sample_eta = 0): `DDIMScheduler` on the trailing grid with `set_alpha_to_one` (the last step ends at the
+  clean sample, as fastgen's DDIM does).
+- DPM-Solver++ baseline and the teacher: `DPMSolverMultistepScheduler` with the evaluation's settings, CFG in the
+  pipeline's own `guidance_scale`.
+Not exportable as a pipeline (one line says so; `format=unet` works): DDGAN / SIDDM (their generator takes a fresh
+latent z each step, which StableDiffusionPipeline cannot feed) and TSCD with sample_eta > 0 (TCDScheduler ends at
+t = 0, fastgen's sampler at the clean sample). `fastgen_export.json` in the folder records the call arguments
+(`num_inference_steps`, `guidance_scale`) that reproduce fastgen's sampler.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+from torch import nn
+
+FORMATS = ("pipeline", "unet", "lora")
+UFOGEN_TIMESTEP_SCALING = 1.0e6  # c_skip(t) = 0.25 / ((1e6 t)^2 + 0.25) < 3e-13 for t >= 1: the step is x̂0
+
+
+def sampling_unet(method) -> nn.Module:
+    """The network `method.sample` runs: the consistency methods' `sampling_unet`, else the EMA generator, else the
+    backbone's UNet (the DPM-Solver++ baseline)."""
+    for name in ("sampling_unet", "ema_unet"):
+        unet = getattr(method, name, None)
+        if isinstance(unet, nn.Module):
+            return unet
+    return method.backbone.unet
+
+
+def has_lora(unet: nn.Module) -> bool:
+    return bool(getattr(unet, "peft_config", None))
+
+
+def merged_unet(unet: nn.Module) -> nn.Module:
+    """A copy of `unet` with any LoRA fused into its weights and the adapter layers removed (a plain diffusers UNet)."""
+    unet = copy.deepcopy(unet)
+    if has_lora(unet):
+        unet.fuse_lora()
+        unet.unload_lora()
+    return unet.requires_grad_(False)
+
+
+def pipeline_scheduler(method):
+    """(diffusers scheduler reproducing `method.sample`, the pipeline call's guidance_scale), or a ValueError."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler
+
+    from fastgen.methods.dpm_solver import DPM_SOLVER_CONFIG
+
+    bb, name = method.backbone, method.name
+    base = dict(**bb.schedule, prediction_type=bb.prediction_type)
+    hp = getattr(method, "hparams", {})
+    if name == "ufogen":
+        return LCMScheduler(**base, original_inference_steps=bb.num_train_timesteps,
+                            timestep_scaling=UFOGEN_TIMESTEP_SCALING, clip_sample=False), 0.0
+    if name in ("lcm", "lcm_lora"):
+        if hp.sigma_data != 0.5:
+            raise ValueError(f"LCMScheduler fixes sigma_data = 0.5; this LCM used method.sigma_data={hp.sigma_data}: "
+                             "export format=unet")
+        scheduler = LCMScheduler(**base, original_inference_steps=hp.num_ddim_timesteps,
+                                 timestep_scaling=hp.timestep_scaling, clip_sample=False)
+        return scheduler, (method.sample_guidance if hp.guidance_embed_dim else 0.0)
+    if name == "tscd":
+        if hp.sample_eta > 0:
+            raise ValueError(f"tscd with method.sample_eta={hp.sample_eta} ends at the clean sample, diffusers' "
+                             "TCDScheduler at t = 0: no stock scheduler reproduces it; export format=unet or lora")
+        return DDIMScheduler(**base, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False,
+                             steps_offset=0), 0.0
+    if name in ("dpm_solver", "diffusion"):
+        return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", **DPM_SOLVER_CONFIG), \
+            float(method.guidance_scale)
+    raise ValueError(f"{name}'s generator takes a fresh latent z at every step, which StableDiffusionPipeline cannot "
+                     "feed: export format=unet and sample with fastgen.generate")
+
+
+def _replace_dir(tmp: Path, out: Path) -> Path:
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def export_pipeline(method, out_dir) -> Path:
+    """`out_dir` as a StableDiffusionPipeline folder (LoRA fused) plus `fastgen_export.json`, written into a temporary
+    folder and renamed into place."""
+    from diffusers import StableDiffusionPipeline
+
+    bb = method.backbone
+    if bb.vae is None:
+        raise ValueError(f"{bb.name} works in pixel space (no VAE): StableDiffusionPipeline needs one; export format=unet")
+    scheduler, guidance = pipeline_scheduler(method)
+    tokenizer = copy.deepcopy(bb.tokenizer)
+    tokenizer.model_max_length = bb.max_prompt_length  # the pipeline pads prompts to this length, as fastgen does
+    pipe = StableDiffusionPipeline(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=tokenizer,
+                                   unet=merged_unet(sampling_unet(method)), scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    steps = list(method.supported_steps) if method.supported_steps else None
+    (tmp / "fastgen_export.json").write_text(json.dumps({
+        "method": method.name, "scheduler": type(scheduler).__name__, "supported_steps": steps,
+        "call": {"guidance_scale": guidance}, "note": "pipe(prompt, num_inference_steps=N, guidance_scale=...) "
+        "reproduces fastgen's sampler; latents are N(0, I) at the UNet's resolution",
+    }, indent=2) + "\n")
+    return _replace_dir(tmp, out)
+
+
+def export_method(method, out_dir, fmt: str = "pipeline") -> Path:
+    """Write `method`'s sampling network to `out_dir` as `fmt` (pipeline | unet | lora)."""
+    from fastgen.methods.consistency_common import export_unet, save_lora
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not one of {list(FORMATS)}")
+    if fmt == "pipeline":
+        return export_pipeline(method, out_dir)
+    unet = sampling_unet(method)
+    if fmt == "unet":
+        return export_unet(merged_unet(unet), out_dir)
+    if not has_lora(unet):
+        raise ValueError(f"{method.name} trained the whole UNet (no LoRA adapter): export format=unet or pipeline, "
+                         "or train with method.lora_rank=...")
+    return save_lora(unet, out_dir)
