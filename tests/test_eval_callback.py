@@ -19,6 +19,7 @@ class TrainableFake(L.LightningModule):
     name = "fake"
     supported_steps = None
     guidance_scale = 0.0
+    teacher_unet = None  # the method contract (FewStepMethod): no teacher, so no baseline rows
 
     def __init__(self):
         super().__init__()
