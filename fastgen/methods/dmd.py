@@ -135,9 +135,11 @@ class DMD(FewStepMethod):
         super().configure_model()
 
     # -- the three networks' outputs -------------------------------------------------------------------------------
-    def generate(self, unet, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x̂0 = G(z, T−1, c): the network's ε/v output at the generator timestep converted to x0."""
-        t = torch.full((z.shape[0],), self.generator_timestep, dtype=torch.long, device=z.device)
+    def generate(self, unet, z: torch.Tensor, cond: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        """x̂0 = G(z, t, c): the network's ε/v output at `timestep` (None: the generator timestep, T−1) converted
+        to x0."""
+        t = torch.full((z.shape[0],), self.generator_timestep if timestep is None else timestep, dtype=torch.long,
+                       device=z.device)
         return self.backbone.denoise(unet, z, t, cond)[0]
 
     def real_x0(self, x_t, t, cond, uncond) -> torch.Tensor:
@@ -253,8 +255,4 @@ class DMD(FewStepMethod):
         """x̂0 = G_ema(noise, T−1, c): one step, no further random draws; image-to-image (`t_start`): G_ema(x_t,
         t_start, c), the generator read at the start time as UFOGen's is."""
         self.check_steps(steps)
-        cond = self.backbone.encode_prompts(prompts)
-        if t_start is None:
-            return self.generate(self.ema_unet, noise.float(), cond)
-        t = torch.full((noise.shape[0],), t_start, dtype=torch.long, device=noise.device)
-        return self.backbone.denoise(self.ema_unet, noise.float(), t, cond)[0]
+        return self.generate(self.ema_unet, noise.float(), self.backbone.encode_prompts(prompts), t_start)
