@@ -54,7 +54,18 @@ Deviations / open choices:
   TCDScheduler end at t = 0 (σ_0 ≈ 0.03).
 - Teacher CFG scale `teacher_guidance_scale` 7.5 (SD1.5's default; Hyper-SD does not state it); the
   unconditional branch is the empty prompt. Stage lengths and the adversarial/reward weights are config values.
-- The one-step DMD stage of Hyper-SD and ImageReward feedback are not implemented.
+- ImageReward feedback is not implemented (the reward hook is `reward_loss`).
+
+Hyper-SD's other parts (both off by default):
+- `final_stage: dmd` (Sec. 3.3): after the last segment stage, to the end of the run, the student's one-step sample
+  x̂0 = G(z, T−1, c) is trained with DMD's distribution-matching loss (`DistributionMatching` of dmd.py: real score =
+  the frozen teacher with CFG at `dmd_real_guidance_scale`, fake score = a trained copy of the teacher updated every
+  step, the student every `dmd_fake_updates_per_g`-th), + `dmd_mse_weight`·MSE to the teacher's DPM-Solver++ output
+  from the same z (`dmd_mse_steps`; DMD's regression — the paper names an MSE term without its target: open choice),
+  + the reward hinge when set. Losses `dm`, `mse`, `reward`, `fake_denoise`; `segments_now` = 0 there. Its one-step
+  rows are `tscd@dmd`, beside the k = 1 stage's `tscd` row. The fake score is a full copy even for a LoRA student.
+- `unified_eta: γ`: rows `tscd@unified`, the final model at every N sampled as diffusers' TCDScheduler does with
+  eta = γ (`unified_sampling`: the γ-steps, the last one to t = 0), the sampler Hyper-SD ships its unified LoRA with.
 """
 
 from __future__ import annotations
