@@ -21,7 +21,11 @@ the files of the stages it finished, and one resumed from another folder's check
 
 Evaluation rows (`row_sources`), as Hyper-SD evaluates: N steps with the model of the stage trained for k = N
 segments — a finished stage's snapshot, or the current weights for the current stage and for an N no stage reached
-— as `tscd`, and the final model (the current weights) at every N as `tscd@final` (its own leaderboard series).
+— as `tscd`, sampled with `sample_eta`; and the final model (the current weights) at every N as `tscd@final` (its own
+leaderboard series), sampled as Hyper-SD samples its unified one-step model at any N: TCD with γ = `final_sample_eta`
+(1 by default, the model card's `eta=1.0`). A one-segment model maps every x_t to x̂0 only; a deterministic DDIM step
+α_s x̂0 + σ_s ε̂ then re-noises x̂0 with noise tied to x̂0 (at t = T, ε̂ = x_T itself), which is not q(x_s | x̂0),
+so its N-step DDIM samples drift off the data as N grows; γ = 1 re-noises with fresh noise.
 Periodic evaluations during training do the same with what has finished so far. `python -m fastgen.evaluate
 ckpt=...` reads the snapshots beside the checkpoint; a missing one leaves its row out with a warning. The
 untrained control `tscd@init` (`control()`) is the teacher with CFG at `teacher_guidance_scale` through this sampler.
@@ -142,6 +146,7 @@ class TSCD(ConsistencyDistillation):
         reward_weight: float = 0.0,
         reward_margin: float = 6.0,
         sample_eta: float = 0.0,
+        final_sample_eta: float = 1.0,
         teacher_dtype: str = "fp32",
         export_dir: str | None = None,
     ):
@@ -149,8 +154,10 @@ class TSCD(ConsistencyDistillation):
         self.save_hyperparameters(ignore=["backbone", "reward_fn"])
         self.automatic_optimization = False
         self.segments, self.stage_ends = self._check_stages(segments, stage_kimg, adv_weights)
-        if not 0.0 <= sample_eta <= 1.0:
-            raise ValueError(f"method.sample_eta (TCD's gamma) must be in [0, 1], got {sample_eta}")
+        for key, eta in (("sample_eta", sample_eta), ("final_sample_eta", final_sample_eta)):
+            if not 0.0 <= eta <= 1.0:
+                raise ValueError(f"method.{key} (TCD's gamma) must be in [0, 1], got {eta}")
+        self.row_eta: float | None = None  # γ of the rows being sampled (None: sample_eta); set by final_model_sampler
         if reward is not None and reward_fn is None:
             raise ValueError(f"method.reward={reward} asks for a reward model that was not passed in: build the method "
                              "with fastgen.build.instantiate_method (as fastgen.fit and fastgen.evaluate do)")
@@ -277,9 +284,10 @@ class TSCD(ConsistencyDistillation):
         if self.control_guidance is not None or len(self.segments) == 1 or int(self.images_seen) == 0:
             return [RowSource(("",))]
         stage = self.finished_stage(steps)
-        if stage is None:
-            return [RowSource(("", FINAL_MODEL))]
-        final = RowSource((FINAL_MODEL,))
+        final = RowSource((FINAL_MODEL,), self.final_model_sampler)
+        if stage is None:  # the current weights under both labels: one set of samples unless the samplers differ
+            same = steps == 1 or self.hparams.final_sample_eta == self.hparams.sample_eta
+            return [RowSource(("", FINAL_MODEL))] if same else [RowSource(("",)), final]
         name = self.stage_file(stage)
         if self.stage_dir is None or not (self.stage_dir / name).is_file():
             warnings.warn(f"tscd: the weights of stage {stage + 1} (k = {steps}, {name}) are missing from "
@@ -287,6 +295,15 @@ class TSCD(ConsistencyDistillation):
                           f"(`tscd{FINAL_MODEL}` has the final model's)", stacklevel=2)
             return [final]
         return [RowSource(("",), functools.partial(self.stage_weights, stage), name), final]
+
+    @contextlib.contextmanager
+    def final_model_sampler(self):
+        """Inside the block `sample` uses TCD's γ = `final_sample_eta` (the final model's rows)."""
+        self.row_eta = float(self.hparams.final_sample_eta)
+        try:
+            yield
+        finally:
+            self.row_eta = None
 
     # -- the DDIM map with a network's prediction ----------------------------------------------------
     def ddim_map(self, unet, x_t, t, s, cond):
@@ -366,10 +383,12 @@ class TSCD(ConsistencyDistillation):
     # -- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, noise, prompts, steps, generator=None, t_start=None):
-        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when sample_eta > 0; from
+        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when γ > 0 (`sample_eta`, or
+        `final_sample_eta` inside `final_model_sampler`); from
         `t_start` for image-to-image. Under `control()` the same steps with the teacher's CFG x̂0, ε̂ at
         `teacher_guidance_scale`."""
-        bb, eta = self.backbone, self.hparams.sample_eta
+        bb = self.backbone
+        eta = self.hparams.sample_eta if self.row_eta is None else self.row_eta
         start = bb.num_train_timesteps - 1 if t_start is None else t_start
         timesteps = trailing_timesteps(steps, start + 1).tolist() + [-1]
         cond = bb.encode_prompts(prompts)
