@@ -6,8 +6,9 @@ The student is a consistency function of the teacher's parameterisation (LCM eq.
 so f_θ(x, 0) = x. Consistency distillation with a guided teacher solver (LCM eq. 10, Alg. 1):
     x_{t_{n+k}} ~ q(x_t | x0),  x̂_{t_n} = DDIM_teacher^ω(x_{t_{n+k}}, t_{n+k} → t_n)   (CFG inside the solver),
     L = d( f_θ(x_{t_{n+k}}, t_{n+k}, ω, c),  f_θ⁻(x̂_{t_n}, t_n, ω, c) ),
-on the 50-step DDIM grid {19, 39, ..., 999} with skipping step k = 20 (t_n = max(t_{n+k} − 20, 0)) and d the
-pseudo-Huber distance (c = 0.001) or L2.
+on the 50-step DDIM grid {19, 39, ..., 999} with skipping step k = 20 (t_n = max(t_{n+k} − 20, 0)) and d the L2
+distance (`loss: l2`, the default of diffusers' LCM and LCM-LoRA scripts) or the element-wise pseudo-Huber
+distance (`loss: huber`, c = `huber_c` = 0.001) — an L1 loss wherever the residuals exceed c.
 
 Variants (one class, chosen by config):
 - Full LCM (`lora_rank: null`): ω is drawn per sample and the student is conditioned on it — a new UNet with
@@ -93,7 +94,7 @@ class LCM(ConsistencyDistillation):
         sample_guidance: float = 9.0,
         target_ema_decay: float | None = 0.95,
         num_ddim_timesteps: int = 50,
-        loss: str = "huber",
+        loss: str = "l2",
         huber_c: float = 0.001,
         sigma_data: float = 0.5,
         timestep_scaling: float = 10.0,
@@ -157,7 +158,7 @@ class LCM(ConsistencyDistillation):
             x_prev = teacher_solver_step(bb, self.teacher_unet, x_t, t_start, t_prev, cond, uncond, scale)
             # 6. the target at t_n: EMA student, or the online network under no_grad (LoRA)
             target = self.consistency(self.sampling_unet, x_prev, t_prev, cond, w_emb)
-        # 7. pseudo-Huber (or L2) between the two
+        # 7. L2 (or pseudo-Huber) between the two
         loss = self.distance(pred, target)
         self.count_images(x0.shape[0])
         self.log_losses({"consistency": loss}, x0.shape[0])
