@@ -217,13 +217,40 @@ def test_each_step_count_samples_with_the_weights_of_the_stage_trained_for_it(tm
         assert not torch.allclose(x, _sample_with(m, weights[2], steps))  # the stages are told apart
         # after the block the network holds the final weights again, exactly
         assert all(torch.equal(v, weights[2][k]) for k, v in m.sampling_unet.state_dict().items())
-    # the current stage (k = 1) and a step count no stage was trained for: the final model under both labels
+    # the current stage (k = 1) at one step: the final model under both labels (one sample set; γ does not enter)
     assert [s.suffixes for s in m.row_sources(1)] == [("", FINAL_MODEL)]
-    assert [s.suffixes for s in m.row_sources(8)] == [("", FINAL_MODEL)]
+    # a step count no stage was trained for: the current weights for both, sampled with DDIM and with TCD γ = 1
+    assert [s.suffixes for s in m.row_sources(8)] == [("",), (FINAL_MODEL,)]
     # the untrained method and its control have their own rows only
     assert [s.suffixes for s in m.control().row_sources(4)] == [("",)]
     m.images_seen.zero_()
     assert [s.suffixes for s in m.row_sources(4)] == [("",)]
+
+
+@pytest.mark.parametrize("steps", [2, 8])
+def test_final_model_rows_sample_with_tcd_at_final_sample_eta(tmp_path, steps):
+    """Hyper-SD samples its unified one-segment model with TCD (eta = 1) at every N: the `tscd@final` rows use
+    γ = final_sample_eta, the stage rows DDIM (sample_eta = 0); outside the block `sample` is DDIM again."""
+    m, weights = _staged_tscd(tmp_path)
+    own, final = m.row_sources(steps)
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    prompts = ["a point in the top row"] * 6
+
+    def reference(w, eta):  # the same sampler run with the stage's weights and an explicit γ
+        other = copy.deepcopy(m)
+        other.sampling_unet.load_state_dict(w)
+        other.hparams.sample_eta = eta
+        return other.sample(noise, prompts, steps, generator=torch.Generator().manual_seed(5))
+
+    with final.weights():
+        x_final = m.sample(noise, prompts, steps, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(x_final, reference(weights[2], 1.0), rtol=0, atol=0)
+    assert not torch.allclose(x_final, reference(weights[2], 0.0))
+    with own.weights():
+        x_own = m.sample(noise, prompts, steps, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(x_own, reference(weights[1] if steps == 2 else weights[2], 0.0), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="final_sample_eta"):
+        TSCD(build_random("tiny_latent"), final_sample_eta=1.5)
 
 
 def test_a_missing_stage_snapshot_leaves_its_row_out_with_one_warning(tmp_path):
@@ -257,9 +284,9 @@ def test_the_evaluation_writes_stage_rows_and_final_rows_as_separate_series(tmp_
     assert got["tscd", 4]["checkpoint"] == "kimg=3.000 [tscd_stage1_k4.pt]"
     assert got["tscd", 2]["checkpoint"] == "kimg=3.000 [tscd_stage2_k2.pt]"
     assert got["tscd", 1]["checkpoint"] == got["tscd@final", 4]["checkpoint"] == "kimg=3.000"
-    for n in (1, 8):  # the same samples under both labels
-        assert got["tscd", n]["energy_distance"] == got["tscd@final", n]["energy_distance"]
-    for n in (2, 4):  # other weights
+    # one step: the same samples under both labels; else other weights (2, 4) or another sampler (8: TCD γ = 1)
+    assert got["tscd", 1]["energy_distance"] == got["tscd@final", 1]["energy_distance"]
+    for n in (2, 4, 8):
         assert got["tscd", n]["energy_distance"] != got["tscd@final", n]["energy_distance"]
     summary = summarise(read_leaderboard(tmp_path / "board.csv"))
     table = metric_table(summary, "prompt_accuracy")  # (the summary's metrics; the kNN one on points)

@@ -213,7 +213,8 @@ def test_the_dmd_stage_has_its_own_one_step_rows_beside_the_k1_stage(points, tmp
     assert [s.suffixes for s in one] == [("",), (DMD_STAGE, FINAL_MODEL), (UNIFIED,)]
     assert one[0].note == "tscd_stage2_k1.pt" and one[2].note == "TCD eta=1"
     assert [s.suffixes for s in m.row_sources(2)] == [("",), (FINAL_MODEL,), (UNIFIED,)]
-    assert [s.suffixes for s in m.row_sources(8)] == [("", FINAL_MODEL), (UNIFIED,)]
+    # no stage trained k = 8: the current weights at sample_eta, and as @final at final_sample_eta (TCD, γ = 1)
+    assert [s.suffixes for s in m.row_sources(8)] == [("",), (FINAL_MODEL,), (UNIFIED,)]
     # the k = 1 stage's weights and the DMD stage's are told apart
     with torch.no_grad():
         for p in m.sampling_unet.parameters():

@@ -1,5 +1,7 @@
 """Pure tensor math shared by every method: schedules, the VP process, losses, EMA (imports torch only)."""
-from fastgen.core.consistency import consistency_output, guidance_scale_embedding, lcm_boundary_scalings
+from fastgen.core.consistency import (
+    consistency_output, guidance_scale_embedding, inverse_sigma2_weights, lcm_boundary_scalings,
+)
 from fastgen.core.diffusion import (
     PREDICTION_TYPES,
     alpha_sigma,
@@ -48,6 +50,7 @@ __all__ = [
     "append_dims",
     "classifier_free_guidance",
     "consistency_output",
+    "inverse_sigma2_weights",
     "copy_params_",
     "cosine_alphas_cumprod",
     "d_loss_clamped_bce",

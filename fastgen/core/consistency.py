@@ -1,7 +1,7 @@
 """Consistency-model parameterisation and guidance conditioning used by LCM (Luo et al. 2023)."""
 import torch
 
-from fastgen.core.diffusion import append_dims
+from fastgen.core.diffusion import alpha_sigma, append_dims
 
 
 def lcm_boundary_scalings(t, sigma_data: float = 0.5, timestep_scaling: float = 10.0):
@@ -35,3 +35,15 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int = 256) -> torch.Tensor:
     args = (w * 1000.0).to(torch.float32)[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     return torch.nn.functional.pad(emb, (0, dim % 2))
+
+
+def inverse_sigma2_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """λ(t) = σ_t⁻² / mean_{u ∈ grid} σ_u⁻², float32 [B]: an x0-space residual weighted by it is measured in units of
+    a v-prediction network's output (x̂0 = α_t x_t − σ_t v̂ moves by σ_t per unit of v̂), undoing the σ_t² by which an
+    unweighted x0-space loss discounts small t; normalised to mean 1 over `grid` (the start times drawn uniformly).
+    Cf. iCT's λ(σ_i) = 1/(σ_{i+1} − σ_i) (Song & Dhariwal 2023, arXiv 2310.14189, Sec. 3.4), also heavier at low noise."""
+    _, sigma = alpha_sigma(alphas_cumprod, t, 1)
+    _, sigma_grid = alpha_sigma(alphas_cumprod, grid.to(alphas_cumprod.device), 1)
+    if (sigma_grid == 0).any():
+        raise ValueError("inverse_sigma2_weights: the grid holds a time with σ = 0 (the clean sample)")
+    return (sigma.reshape(-1).float() ** -2 / (sigma_grid.float() ** -2).mean()).to(t.device)

@@ -6,8 +6,11 @@ The student is a consistency function of the teacher's parameterisation (LCM eq.
 so f_θ(x, 0) = x. Consistency distillation with a guided teacher solver (LCM eq. 10, Alg. 1):
     x_{t_{n+k}} ~ q(x_t | x0),  x̂_{t_n} = DDIM_teacher^ω(x_{t_{n+k}}, t_{n+k} → t_n)   (CFG inside the solver),
     L = d( f_θ(x_{t_{n+k}}, t_{n+k}, ω, c),  f_θ⁻(x̂_{t_n}, t_n, ω, c) ),
-on the 50-step DDIM grid {19, 39, ..., 999} with skipping step k = 20 (t_n = max(t_{n+k} − 20, 0)) and d the
-pseudo-Huber distance (c = 0.001) or L2.
+on the 50-step DDIM grid {19, 39, ..., 999} with skipping step k = 20 (t_n = max(t_{n+k} − 20, 0)) and d the L2
+distance (`loss: l2`, the default of diffusers' LCM and LCM-LoRA scripts) or the element-wise pseudo-Huber
+distance (`loss: huber`, c = `huber_c` = 0.001) — an L1 loss wherever the residuals exceed c — averaged over the
+batch unweighted (`timestep_weighting: none`, LCM and diffusers) or weighted by λ(t_{n+k}) ∝ 1/σ²_{t_{n+k}}
+(`inverse_sigma2`, core.inverse_sigma2_weights; see Deviations).
 
 Variants (one class, chosen by config):
 - Full LCM (`lora_rank: null`): ω is drawn per sample and the student is conditioned on it — a new UNet with
@@ -37,6 +40,11 @@ Deviations / open choices:
   (diffusers' script leaves PyTorch's default random init).
 - The teacher's unconditional branch is the empty prompt's embedding (how fastgen teachers drop prompts).
 - ω defaults: s ∈ [6, 16] (ω ∈ [5, 15], the diffusers script; the paper uses ω ∈ [2, 14]); LoRA s = 8.5 (ω = 7.5).
+- `timestep_weighting: inverse_sigma2` (off by default) weights each sample's distance by σ⁻²_{t_{n+k}} (mean 1 over
+  the solver grid). Unweighted, an x0-space residual discounts small t by σ_t² relative to the network's own output
+  units (x̂0 = α_t x_t − σ_t v̂), so the student underfits the low-t end of the chain, where the boundary anchors it,
+  and its error there propagates to every t; samplers that end at a lower t (more steps) then get worse. Measured on
+  the points testbed (benchmarks/RESULTS.md, "Multistep consistency rows and UFOGen's one step").
 - `teacher_dtype: bf16` runs the frozen teacher in bf16 (the diffusers script casts it to the mixed-precision
   dtype); the student and its EMA stay fp32.
 """
@@ -46,7 +54,8 @@ from __future__ import annotations
 import torch
 
 from fastgen.core import (
-    consistency_output, guidance_scale_embedding, lcm_solver_grid, lcm_timesteps, mse, pseudo_huber, q_sample,
+    append_dims, consistency_output, guidance_scale_embedding, inverse_sigma2_weights, lcm_solver_grid, lcm_timesteps,
+    mse, pseudo_huber, q_sample,
 )
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
@@ -57,6 +66,7 @@ from fastgen.methods.consistency_common import (
 )
 
 LOSSES = ("huber", "l2")
+TIMESTEP_WEIGHTINGS = ("none", "inverse_sigma2")
 
 
 def add_guidance_embedding(unet, dim: int):
@@ -93,8 +103,9 @@ class LCM(ConsistencyDistillation):
         sample_guidance: float = 9.0,
         target_ema_decay: float | None = 0.95,
         num_ddim_timesteps: int = 50,
-        loss: str = "huber",
+        loss: str = "l2",
         huber_c: float = 0.001,
+        timestep_weighting: str = "none",
         sigma_data: float = 0.5,
         timestep_scaling: float = 10.0,
         teacher_dtype: str = "fp32",
@@ -104,6 +115,8 @@ class LCM(ConsistencyDistillation):
         self.save_hyperparameters(ignore=["backbone"])
         if loss not in LOSSES:
             raise ValueError(f"method.loss={loss!r} is not one of {LOSSES}")
+        if timestep_weighting not in TIMESTEP_WEIGHTINGS:
+            raise ValueError(f"method.timestep_weighting={timestep_weighting!r} is not one of {TIMESTEP_WEIGHTINGS}")
         if not 1.0 <= guidance_min <= guidance_max:
             raise ValueError(f"need 1 <= method.guidance_min <= method.guidance_max (CFG scales), got {guidance_min}, {guidance_max}")
         if lora_rank is not None and guidance_embed_dim:
@@ -134,8 +147,15 @@ class LCM(ConsistencyDistillation):
         x0_hat, _ = self.backbone.denoise(unet, x_t, t, cond, **self.omega_input(unet, w_emb))
         return consistency_output(x_t.float(), x0_hat, t, self.hparams.sigma_data, self.hparams.timestep_scaling)
 
-    def distance(self, a, b):
-        return pseudo_huber(a, b, self.hparams.huber_c) if self.hparams.loss == "huber" else mse(a, b)
+    def distance(self, a, b, t=None):
+        """Mean over elements of (a − b)² (l2) or sqrt((a − b)² + c²) − c (huber), each sample weighted by λ(t) under
+        `timestep_weighting: inverse_sigma2` (`t`: the samples' start times [B])."""
+        hp = self.hparams
+        d = pseudo_huber(a, b, hp.huber_c, reduce=False) if hp.loss == "huber" else mse(a, b, reduce=False)
+        if hp.get("timestep_weighting", "none") == "none":
+            return d.mean()
+        grid = lcm_solver_grid(self.backbone.num_train_timesteps, hp.num_ddim_timesteps)
+        return (append_dims(inverse_sigma2_weights(t, self.backbone.alphas_cumprod, grid), d.ndim) * d).mean()
 
     # -- training ------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -157,8 +177,8 @@ class LCM(ConsistencyDistillation):
             x_prev = teacher_solver_step(bb, self.teacher_unet, x_t, t_start, t_prev, cond, uncond, scale)
             # 6. the target at t_n: EMA student, or the online network under no_grad (LoRA)
             target = self.consistency(self.sampling_unet, x_prev, t_prev, cond, w_emb)
-        # 7. pseudo-Huber (or L2) between the two
-        loss = self.distance(pred, target)
+        # 7. L2 (or pseudo-Huber) between the two
+        loss = self.distance(pred, target, t_start)
         self.count_images(x0.shape[0])
         self.log_losses({"consistency": loss}, x0.shape[0])
         return loss

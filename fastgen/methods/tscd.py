@@ -21,7 +21,11 @@ the files of the stages it finished, and one resumed from another folder's check
 
 Evaluation rows (`row_sources`), as Hyper-SD evaluates: N steps with the model of the stage trained for k = N
 segments — a finished stage's snapshot, or the current weights for the current stage and for an N no stage reached
-— as `tscd`, and the final model (the current weights) at every N as `tscd@final` (its own leaderboard series).
+— as `tscd`, sampled with `sample_eta`; and the final model (the current weights) at every N as `tscd@final` (its own
+leaderboard series), sampled as Hyper-SD samples its unified one-step model at any N: TCD with γ = `final_sample_eta`
+(1 by default, the model card's `eta=1.0`). A one-segment model maps every x_t to x̂0 only; a deterministic DDIM step
+α_s x̂0 + σ_s ε̂ then re-noises x̂0 with noise tied to x̂0 (at t = T, ε̂ = x_T itself), which is not q(x_s | x̂0),
+so its N-step DDIM samples drift off the data as N grows; γ = 1 re-noises with fresh noise.
 Periodic evaluations during training do the same with what has finished so far. `python -m fastgen.evaluate
 ckpt=...` reads the snapshots beside the checkpoint; a missing one leaves its row out with a warning. The
 untrained control `tscd@init` (`control()`) is the teacher with CFG at `teacher_guidance_scale` through this sampler.
@@ -175,6 +179,7 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         dmd_mse_steps: int = 25,
         dmd_min_t_fraction: float = 0.02,
         dmd_max_t_fraction: float = 0.98,
+        final_sample_eta: float = 1.0,
         teacher_dtype: str = "fp32",
         export_dir: str | None = None,
     ):
@@ -182,11 +187,13 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         self.save_hyperparameters(ignore=["backbone", "reward_fn"])
         self.automatic_optimization = False
         self.segments, self.stage_ends = self._check_stages(segments, stage_kimg, adv_weights)
-        if not 0.0 <= sample_eta <= 1.0:
-            raise ValueError(f"method.sample_eta (TCD's gamma) must be in [0, 1], got {sample_eta}")
+        for key, eta in (("sample_eta", sample_eta), ("final_sample_eta", final_sample_eta)):
+            if not 0.0 <= eta <= 1.0:
+                raise ValueError(f"method.{key} (TCD's gamma) must be in [0, 1], got {eta}")
         if unified_eta is not None and not 0.0 <= unified_eta <= 1.0:
             raise ValueError(f"method.unified_eta (TCD's gamma of the tscd@unified rows) must be null or in [0, 1], got {unified_eta}")
         self._check_final_stage()
+        self.row_eta: float | None = None  # γ of the rows being sampled (None: sample_eta); set by final_model_sampler
         if reward is not None and reward_fn is None:
             raise ValueError(f"method.reward={reward} asks for a reward model that was not passed in: build the method "
                              "with fastgen.build.instantiate_method (as fastgen.fit and fastgen.evaluate do)")
@@ -343,7 +350,8 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
 
     def row_sources(self, steps: int) -> list[RowSource]:
         """Hyper-SD's protocol: N steps from the stage trained with k = N segments, and the final model (the
-        current weights) at every N as `tscd@final`. A finished stage's rows come from its snapshot; the current
+        current weights) at every N as `tscd@final`, sampled with TCD's γ = `final_sample_eta` (last step to the clean
+        sample). A finished stage's rows come from its snapshot; the current
         stage's, and those of an N that no stage reached, from the current weights. So a periodic evaluation during
         training scores the finished stages' snapshots and the current model. In the DMD stage its one-step rows are
         `tscd@dmd` (the k = 1 stage's stay `tscd`). With `unified_eta` the final model at every N sampled as diffusers'
@@ -357,15 +365,17 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         if self.in_dmd_stage and steps == 1:
             current = (DMD_STAGE, *current)
         stage = self.finished_stage(steps)
-        if stage is None:
-            return [RowSource(("", *current)), *unified]
+        final = [RowSource(current, self.final_model_sampler)] if current else []
+        if stage is None:  # the current weights under both labels: one set of samples unless the samplers differ
+            same = steps == 1 or self.hparams.final_sample_eta == self.hparams.sample_eta
+            return [RowSource(("", *current)), *unified] if same else [RowSource(("",)), *final, *unified]
         name = self.stage_file(stage)
         if self.stage_dir is None or not (self.stage_dir / name).is_file():
             warnings.warn(f"tscd: the weights of stage {stage + 1} (k = {steps}, {name}) are missing from "
                           f"{self.stage_dir or 'the checkpoint folder'}: its {steps}-step row is left out "
                           f"(`tscd{FINAL_MODEL}` has the final model's)", stacklevel=2)
-            return [RowSource(current), *unified]
-        return [RowSource(("",), functools.partial(self.stage_weights, stage), name), RowSource(current), *unified]
+            return [*final, *unified]
+        return [RowSource(("",), functools.partial(self.stage_weights, stage), name), *final, *unified]
 
     @contextlib.contextmanager
     def unified_sampling(self):
@@ -376,6 +386,15 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
             yield
         finally:
             self._unified = False
+
+    @contextlib.contextmanager
+    def final_model_sampler(self):
+        """Inside the block `sample` uses TCD's γ = `final_sample_eta` (the final model's rows)."""
+        self.row_eta = float(self.hparams.final_sample_eta)
+        try:
+            yield
+        finally:
+            self.row_eta = None
 
     # -- the DDIM map with a network's prediction ----------------------------------------------------
     def ddim_map(self, unet, x_t, t, s, cond):
@@ -525,10 +544,12 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
     # -- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, noise, prompts, steps, generator=None, t_start=None):
-        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when sample_eta > 0; from
+        """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when γ > 0 (`sample_eta`, or
+        `final_sample_eta` inside `final_model_sampler`); from
         `t_start` for image-to-image. Under `control()` the same steps with the teacher's CFG x̂0, ε̂ at
         `teacher_guidance_scale`."""
-        bb, eta, end = self.backbone, self.hparams.sample_eta, -1
+        bb, end = self.backbone, -1
+        eta = self.hparams.sample_eta if self.row_eta is None else self.row_eta
         if self._unified:  # diffusers' TCDScheduler: its last step goes to t = 0
             eta, end = self.hparams.unified_eta, 0
         start = bb.num_train_timesteps - 1 if t_start is None else t_start
