@@ -36,7 +36,7 @@ def test_aesthetic_reward_is_the_evaluation_score_and_differentiable(tiny_768_fi
 def test_the_builder_injects_the_reward_the_method_config_asks_for(tiny_768_file):  # noqa: F811
     cfg = {"_target_": "fastgen.methods.tscd.TSCD", "reward": _spec(tiny_768_file), "reward_weight": 0.5}
     method = instantiate_method(cfg, build_points_random(3, hidden_dim=16, num_layers=1))
-    assert isinstance(method.reward_fn, AestheticReward)
+    assert isinstance(method.feedback.reward_fn, AestheticReward)
     assert method.hparams.reward == _spec(tiny_768_file)  # the spec (primitives) is the checkpoint's record
     assert "reward_fn" not in method.hparams
 

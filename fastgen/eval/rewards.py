@@ -39,7 +39,40 @@ class AestheticReward:
         return self.mlp(F.normalize(self.clip.encode_image(x).float(), dim=-1)).squeeze(-1)
 
 
-REWARDS = {"aesthetic": AestheticReward}
+class DigitReward:
+    """MNIST's prompt-faithfulness reward: log p(prompted digit | image) under the shipped digit classifier
+    (fastgen.eval.digit_classifier, the evaluation's prompt-accuracy network), differentiable in the pixels.
+
+    `weights`: a classifier safetensors file (null: the shipped one). Pixels are made grayscale and resized to the
+    classifier's 32x32 as `uint8_to_classifier_input` does, without the uint8 rounding."""
+
+    column = "digit_reward"
+
+    def __init__(self, weights: str | None = None):
+        from fastgen.eval.digit_classifier import load_classifier
+
+        try:
+            self.model = load_classifier(weights).requires_grad_(False)
+        except FileNotFoundError:
+            raise ValueError(f"the digit reward's classifier weights {weights} do not exist: set method.reward.weights "
+                             "(or eval.rewards.digit.weights) to a file, or null for the shipped classifier") from None
+        self.weights_path = self.model.weights_path
+
+    def __call__(self, pixels: torch.Tensor, prompts) -> torch.Tensor:
+        from fastgen.data.mnist import label_from_prompt
+        from fastgen.eval.digit_classifier import INPUT_SIZE
+
+        if prompts is None:
+            raise ValueError("the digit reward scores each image against the digit its prompt names: the batch has no prompts")
+        self.model.to(pixels.device)
+        x = pixels.float().clamp(-1, 1).mean(dim=1, keepdim=True)
+        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False)
+        labels = torch.tensor([label_from_prompt(p) for p in prompts], device=pixels.device)
+        return self.model(x).log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+
+
+REWARDS = {"aesthetic": AestheticReward, "digit": DigitReward}
 
 
 def build_reward(spec: dict):

@@ -38,10 +38,9 @@ Optional terms (off by default):
   against real q(x_{t_e} | x0), judged by the backbone's D (`Backbone.build_discriminator`; for a UNet the teacher
   UNet's encoder, conditioned on t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and
   `d_real`, `d_fake`).
-- `reward` (a reward model's spec, e.g. {name: aesthetic, weights: ..., clip_pretrained: openai}: the LAION aesthetic
-  predictor of the evaluation, fastgen/eval/rewards.py), built by the entry point (`fastgen.build.instantiate_method`)
-  and passed in as `reward_fn` (pixels in [-1, 1], prompts -> differentiable scores [B]), with `reward_weight`: the hinge
-  reward_weight·mean(relu(reward_margin − score)) on the decoded student x̂0(x_{t_n}); logged as `reward`.
+- `reward` (a reward model's spec, fastgen/eval/rewards.py) with `reward_weight`, `reward_t_range`, `reward_margin`:
+  Hyper-SD's human-feedback term (Sec. 3.3), ReFL on the student's x̂0 at a timestep in the range
+  (fastgen/methods/feedback.py), added to the consistency loss (which stays on); logged as `refl`.
 
 Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of a stage is what that stage was trained
 for), the last step to the clean sample; guidance 0 (one evaluation per step). `sample_eta` = γ > 0 gives TCD's
@@ -54,7 +53,7 @@ Deviations / open choices:
   TCDScheduler end at t = 0 (σ_0 ≈ 0.03).
 - Teacher CFG scale `teacher_guidance_scale` 7.5 (SD1.5's default; Hyper-SD does not state it); the
   unconditional branch is the empty prompt. Stage lengths and the adversarial/reward weights are config values.
-- The one-step DMD stage of Hyper-SD and ImageReward feedback are not implemented.
+- The one-step DMD stage of Hyper-SD is not implemented.
 """
 
 from __future__ import annotations
@@ -66,11 +65,11 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fastgen.atomic_write import save_torch_atomic
 from fastgen.core import append_dims, d_loss_softplus, ddim_step, g_loss_softplus, mse, q_sample, q_step, trailing_timesteps
 from fastgen.methods.base import FINAL_MODEL, RowSource
+from fastgen.methods.feedback import RewardFeedback, decode_with_grad  # noqa: F401 (decode_with_grad: re-exported)
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
     empty_prompt_cond,
@@ -87,13 +86,6 @@ def segment_boundary(t: torch.Tensor, k: int, T: int = 1000) -> torch.Tensor:
     tau = torch.tensor([round(j * T / k) for j in range(k + 1)], device=t.device)
     j = torch.bucketize(t + 1, tau, right=False) - 1
     return tau[j] - 1
-
-
-def decode_with_grad(backbone, x0: torch.Tensor) -> torch.Tensor:
-    """Model space -> pixels in [-1, 1], differentiable (Backbone.decode runs under no_grad)."""
-    if backbone.vae is None:
-        return x0
-    return backbone.vae.decode((x0 / backbone.vae_scaling_factor).to(backbone.vae.dtype)).sample.float()
 
 
 def load_full_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -140,7 +132,8 @@ class TSCD(ConsistencyDistillation):
         reward: dict | None = None,
         reward_fn=None,
         reward_weight: float = 0.0,
-        reward_margin: float = 6.0,
+        reward_t_range: tuple[int, int] = (0, 999),
+        reward_margin: float | None = None,
         sample_eta: float = 0.0,
         teacher_dtype: str = "fp32",
         export_dir: str | None = None,
@@ -151,16 +144,11 @@ class TSCD(ConsistencyDistillation):
         self.segments, self.stage_ends = self._check_stages(segments, stage_kimg, adv_weights)
         if not 0.0 <= sample_eta <= 1.0:
             raise ValueError(f"method.sample_eta (TCD's gamma) must be in [0, 1], got {sample_eta}")
-        if reward is not None and reward_fn is None:
-            raise ValueError(f"method.reward={reward} asks for a reward model that was not passed in: build the method "
-                             "with fastgen.build.instantiate_method (as fastgen.fit and fastgen.evaluate do)")
-        if reward_weight and reward_fn is None:
-            raise ValueError("method.reward_weight > 0 needs a reward model: set method.reward (e.g. {name: aesthetic, "
-                             "weights: /path/to/sac+logos+ava1-l14-linearMSE.pth, clip_pretrained: openai})")
+        self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
+                                                   backbone.num_train_timesteps)
         self.adv_weights = list(adv_weights) if adv_weights else None
         if self.adv_weights:
             self.discriminator = backbone.build_discriminator()  # the teacher's encoder, fp32, trainable
-        self.reward_fn = reward_fn
         self.init_networks(teacher_guidance_scale, teacher_dtype, lora_rank, lora_alpha, target_ema_decay)
         self.guidance_scale = 0.0
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))
@@ -331,11 +319,8 @@ class TSCD(ConsistencyDistillation):
         if adv_weight:
             losses["adv"] = g_loss_softplus(self.discriminator(student, t_end.clamp(min=0), cond))
             loss = loss + adv_weight * losses["adv"]
-        # 4. optional reward hinge on the decoded student x̂0
-        if hp.reward_weight:
-            score = self.reward_fn(decode_with_grad(bb, x0_hat), batch.get("prompt"))
-            losses["reward"] = F.relu(hp.reward_margin - score).mean()
-            loss = loss + hp.reward_weight * losses["reward"]
+        # 4. optional reward feedback (ReFL) on the student's x̂0 at a late timestep
+        loss = loss + self.feedback.add(losses, bb, x0, cond, batch.get("prompt"), lambda x, t, c: bb.denoise(bb.unet, x, t, c)[0])
         # 5. generator step, then the EMA target
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
