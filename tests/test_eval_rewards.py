@@ -48,7 +48,7 @@ def test_a_reward_asked_for_but_not_passed_is_one_clear_line(tiny_768_file):  # 
         TSCD(backbone, reward=_spec(tiny_768_file), reward_weight=0.5)
     with pytest.raises(ValueError, match=r"method.reward_weight > 0 needs a reward model: set method.reward"):
         TSCD(backbone, reward_weight=0.5)
-    with pytest.raises(ValueError, match=r"method.reward.name='imagereward' is not one of \['aesthetic'\]"):
-        build_reward({"name": "imagereward"})
+    with pytest.raises(ValueError, match=r"method.reward.name='image_reward' is not one of \['aesthetic', 'digit', "):
+        build_reward({"name": "image_reward"})
     with pytest.raises(ValueError, match=r"method.reward \(aesthetic\): .*unexpected keyword argument 'weight'"):
         build_reward({"name": "aesthetic", "weight": "x.pth"})

@@ -22,7 +22,8 @@ import pandas as pd
 
 from fastgen.eval.fingerprint import describe_protocol, protocol_id
 
-SUMMARY_METRICS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "ms_per_image",
+SUMMARY_METRICS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "digit_reward", "imagereward",
+                   "hpsv2", "pickscore", "ms_per_image",
                    "images_per_s", "peak_mem_mb")
 LOWER_IS_BETTER = {"fid", "kid", "ms_per_image", "peak_mem_mb"}
 REAL = "real"
