@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fastgen.eval.assets import sha256_file
+from fastgen.eval.assets import file_or_hub_cache, sha256_file
 from fastgen.eval.open_clip_models import clip_preprocess, resize_crop_normalise
 
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -43,7 +43,7 @@ class HPSv2Reward:
 
         if version not in HPS_FILES:
             raise ValueError(f"{key_prefix}.version={version!r} is not one of {sorted(HPS_FILES)}")
-        path = self._find(weights, HPS_FILES[version], f"{key_prefix}.weights")
+        path = file_or_hub_cache(weights, HPS_REPO, HPS_FILES[version], "HPSv2", f"{key_prefix}.weights")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = checkpoint.get("state_dict", checkpoint)
         self.model = open_clip.create_model(clip_model, pretrained=None)
@@ -55,19 +55,6 @@ class HPSv2Reward:
         self.model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(clip_model)
         self.weights_sha256 = sha256_file(path)
-
-    @staticmethod
-    def _find(weights, filename, key):
-        if weights is not None and Path(str(weights)).expanduser().is_file():
-            return Path(str(weights)).expanduser()
-        if weights is None:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(HPS_REPO, filename)
-            if isinstance(cached, str):
-                return Path(cached)
-        where = f"{weights} does not exist" if weights is not None else f"{filename} is not in the Hugging Face cache ({HPS_REPO})"
-        raise ValueError(f"HPSv2: {where}: set {key}=/path/to/{filename}")
 
     def __call__(self, pixels: torch.Tensor, prompts) -> torch.Tensor:
         self.model.to(pixels.device)

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from fastgen.eval.aesthetic import AestheticMLP
-from fastgen.eval.assets import sha256_file
+from fastgen.eval.assets import file_or_hub_cache, sha256_file
 from fastgen.eval.open_clip_models import resize_crop_normalise
 
 SCORE_MEAN, SCORE_STD = 0.16717362830052426, 1.0333394966054072
@@ -41,20 +39,6 @@ VIT_NAMES = [  # BLIP's vit.py -> transformers' BlipVisionModel
     (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.projection."),
     (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."), (r"^norm\.", "post_layernorm."),
 ]
-
-
-def find_file(path, filename: str, key: str) -> Path:
-    """`path` if it is a file, else `filename` in the HF cache of `HUB_REPO` (no downloads); one line naming `key`."""
-    if path is not None and Path(str(path)).expanduser().is_file():
-        return Path(str(path)).expanduser()
-    if path is None:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(HUB_REPO, filename)
-        if isinstance(cached, str):
-            return Path(cached)
-    where = f"{path} does not exist" if path is not None else f"{filename} is not in the Hugging Face cache ({HUB_REPO})"
-    raise ValueError(f"ImageReward: {where}: set {key}=/path/to/{filename}")
 
 
 def rename_vit(state: dict) -> dict:
@@ -127,8 +111,9 @@ def load_imagereward(weights=None, med_config=None, tokenizer=None, key_prefix="
     from transformers.models.blip.modeling_blip import BlipVisionModel
     from transformers.models.blip.modeling_blip_text import BlipTextModel
 
-    path = find_file(weights, "ImageReward.pt", f"{key_prefix}.weights")
-    med = json.loads(find_file(med_config, "med_config.json", f"{key_prefix}.med_config").read_text())
+    path = file_or_hub_cache(weights, HUB_REPO, "ImageReward.pt", "ImageReward", f"{key_prefix}.weights")
+    med_file = file_or_hub_cache(med_config, HUB_REPO, "med_config.json", "ImageReward", f"{key_prefix}.med_config")
+    med = json.loads(med_file.read_text())
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     parts = {p: {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
