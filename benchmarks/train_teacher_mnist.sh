@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 runs=${FASTGEN_TEACHER_RUNS:-$HOME/fastgen_runs}
 mkdir -p "$runs"
 log="$runs/teacher_mnist.log"
+python=python
+[ -x .venv/bin/python ] && python=.venv/bin/python  # the README's install; a bare `python` may lack the packages
 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline nohup nice -n 19 \
-  python -m fastgen.fit experiment=teacher_mnist paths.runs_dir="$runs" ckpt_path=last callbacks.progress.refresh_rate=200 \
+  "$python" -m fastgen.fit experiment=teacher_mnist paths.runs_dir="$runs" ckpt_path=last callbacks.progress.refresh_rate=200 \
   >> "$log" 2>&1 &
 echo "teacher training: pid $!, log $log"

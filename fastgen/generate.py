@@ -7,6 +7,8 @@ noises (image i of seed S is the evaluation's sample i at eval.seed=S for the sa
   prompts_file=FILE               one prompt per line instead of `prompt`
   init_image=PNG strength=s       image-to-image (SDEdit): the method's sampler from the time `strength` selects
   controlnet=DIR control_image=PNG [controlnet_scale=c]   ControlNet residuals at every sampling step
+  row=SUFFIX                      sample as the leaderboard's `<method><SUFFIX>` rows (method.row_sources), e.g.
+                                  row=@unified for TSCD's unified model, row=@final, row="" for TSCD's k = steps stage
 """
 
 import contextlib
@@ -63,13 +65,14 @@ def generate(cfg):
     from fastgen.evaluate import build_method
     from fastgen.generation.controlnet import attach_controlnet, load_controlnet
     from fastgen.generation.images import read_image, save_outputs
-    from fastgen.generation.sampling import encode_image, sample_pixels
+    from fastgen.generation.sampling import encode_image, row_source, sample_pixels
 
     check_options(cfg)
     prompts = [p for p in read_prompts(cfg) for _ in range(cfg.num_images)]
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     method, _, _, run_dir = build_method(cfg, device)
     check_steps(method, cfg.steps)
+    source = row_source(method, cfg.steps, cfg.get("row"))
     bb = method.backbone
     init_x0 = None
     if cfg.init_image is not None:
@@ -82,8 +85,8 @@ def generate(cfg):
     out = Path(cfg.out) if cfg.out else (run_dir / "generate" if cfg.ckpt else Path(cfg.paths.runs_dir) / f"generate_{method.name}")
     batches = list(torch.arange(len(prompts)).split(cfg.batch_size))
     images = []
-    with torch.no_grad(), (attach_controlnet(method, controlnet, control, cfg.controlnet_scale) if control is not None
-                           else contextlib.nullcontext()):
+    with torch.no_grad(), source.weights(), (attach_controlnet(method, controlnet, control, cfg.controlnet_scale)
+                                             if control is not None else contextlib.nullcontext()):
         for batch in tqdm(batches, desc=f"{method.name} {cfg.steps} step(s)", disable=not cfg.progress, unit="batch"):
             images.append(sample_pixels(method, prompts, batch, cfg.steps, cfg.seed, init_x0, float(cfg.strength)).cpu())
     images = torch.cat(images)

@@ -184,3 +184,16 @@ def test_plot_line_styles_tell_baselines_controls_and_methods_apart():
     from fastgen.eval.plots import _linestyle
 
     assert [_linestyle(m) for m in ("dpm_solver", "dpm_solver_sde", "ufogen@init", "ufogen")] == ["--", "--", "-.", "-"]
+
+
+def test_a_points_board_summarises_its_exact_metrics(tmp_path):
+    """Points rows carry energy distance and kNN precision/recall: the summary tables them (ED lower is better)."""
+    rows = [_row("real_data", None, None, nfe=0, precision="", energy_distance=0.004, knn_precision=0.97,
+                 knn_recall=0.97, dataset="points_grid"),
+            _row("lcm", 4, None, energy_distance=0.033, knn_precision=0.5, knn_recall=0.95, dataset="points_grid")]
+    path = tmp_path / "points_grid.csv"
+    append_rows(path, rows)
+    markdown = summary_markdown(summarise(read_leaderboard(path)), path)
+    assert "## energy_distance (lower is better)" in markdown and "## knn_recall (higher is better)" in markdown
+    energy_table = markdown.split("## energy_distance")[1].split("##")[0]
+    assert "| lcm | 0.033 |  |" in energy_table and "| real_data |  | 0.004 |" in energy_table

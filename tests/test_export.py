@@ -142,3 +142,37 @@ def test_the_export_entry_writes_the_baseline_teacher_unet(tmp_path):
 def cfg_overrides(tmp_path):
     return ["experiment=dpm_solver_mnist", "experiment_name=dpm_solver_mnist", f"paths.output_dir={tmp_path}",
             f"paths.runs_dir={tmp_path}/runs", f"out={tmp_path}/pipe"]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_the_unified_tscd_lora_in_a_tcd_pipeline_reproduces_the_unified_rows(tiny, tmp_path, steps):
+    """TSCD's unified LoRA (`tscd@unified`): exported as a LoRA, loaded into the base pipeline with
+    `load_lora_weights`, and sampled by the exported TCDScheduler with the recorded call, it gives fastgen.generate's
+    `row=@unified` images from the same latents and generators."""
+    import json
+
+    from diffusers import StableDiffusionPipeline, TCDScheduler
+
+    from fastgen.generation.sampling import row_source
+    from fastgen.methods.tscd import TSCD
+
+    method = TSCD(copy.deepcopy(tiny), lora_rank=4, target_ema_decay=None, unified_eta=0.7).eval()
+    perturb(method.backbone.unet)
+    method.images_seen.fill_(1000)  # a trained method has the unified rows
+    out = export_method(method, tmp_path / "lora", "lora")
+    config = json.loads((out / "fastgen_export.json").read_text())
+    assert config["scheduler"] == "TCDScheduler" and config["call"] == {"eta": 0.7, "guidance_scale": 0.0}
+    export_method(make("dpm_solver", tiny), tmp_path / "base", "pipeline")  # the base model's pipeline
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "base", local_files_only=True, safety_checker=None)
+    pipe.unet.load_state_dict(method.teacher_unet.state_dict())
+    pipe.load_lora_weights(out)
+    pipe.scheduler = TCDScheduler.from_pretrained(out, subfolder="scheduler")
+    indices, seed = torch.arange(2), 3
+    with row_source(method, steps, "@unified").weights():
+        expected = (sample_pixels(method, PROMPTS, indices, steps, seed) + 1) / 2
+    latents = eval_noise(indices, tuple(method.backbone.sample_shape), seed)
+    got = pipe(PROMPTS, num_inference_steps=steps, latents=latents, generator=sampler_generators(indices, seed),
+               output_type="pt", **config["call"]).images
+    assert (got - expected).abs().max() < 1e-4
+    if steps > 1:  # TCD's re-noising and its last step to t = 0: not the DDIM rows' images
+        assert (sample_pixels(method, PROMPTS, indices, steps, seed) / 2 + 0.5 - expected).abs().max() > 1e-3

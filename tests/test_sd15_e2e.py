@@ -147,7 +147,7 @@ def test_every_sd15_experiment_trains_evaluates_against_coco_and_renders(world, 
     baseline = board[board["method"] == "dpm_solver"]
     assert sorted(set(baseline["steps"].astype(int))) == [1, 4]  # computed once per teacher and guidance, cached
     trained = board[~board["method"].isin(["real_data", "dpm_solver"])]
-    assert set(trained["method"]) == {"ufogen", "siddm", "ddgan", "lcm", "lcm_lora", "tscd", "tscd@final", "dmd"}
+    assert set(trained["method"]) == {"ufogen", "siddm", "ddgan", "lcm", "lcm_lora", "tscd", "tscd@final", "tscd@unified", "dmd"}
     for method, steps in trained.groupby("method")["steps"]:
         expected = [4] if method in ("ddgan", "siddm") else [1] if method == "dmd" else [1, 4]  # T = 4 GAN chains; one step
         assert sorted(steps.astype(int)) == expected, method

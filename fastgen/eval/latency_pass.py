@@ -21,7 +21,12 @@ import torch
 from fastgen.eval.latency import LATENCY_COLUMNS, LatencyMeter
 from fastgen.eval.leaderboard_io import read_leaderboard, update_rows
 from fastgen.eval.leaderboard_table import CONTROL
-from fastgen.methods.base import FINAL_MODEL
+
+
+def own_label(label: str) -> str:
+    """A method's row label without the suffix that names other weights or the same network's other sampler
+    (`<method>@final`, TSCD's `@dmd`, `@unified`: same architecture and cost per step); a control keeps its own."""
+    return label if label.endswith(CONTROL) else label.partition("@")[0]
 
 
 def compose_experiment(experiment: str, overrides=(), output_dir: str = "."):
@@ -52,7 +57,7 @@ def row_sampler(method, label: str, guidance: float):
         return teacher_baseline(method, guidance, solvers[label])
     if label == f"{method.name}{CONTROL}":
         return method.control()
-    if label.removesuffix(FINAL_MODEL) != method.name:
+    if own_label(label) != method.name:
         raise ValueError(f"a leaderboard row's method {label!r} is not its experiment's method {method.name!r}")
     return method
 
@@ -60,7 +65,7 @@ def row_sampler(method, label: str, guidance: float):
 def path_label(method, label: str) -> str:
     """The sampling path a row labelled `label` is timed on: a `@final` row's is its method's (same sampler, other
     weights), and so is a control's whose `control()` is the method itself (UFOGen, DDGAN, SIDDM)."""
-    label = label.removesuffix(FINAL_MODEL)
+    label = own_label(label)
     if label == f"{method.name}{CONTROL}" and method.control() is method:
         return method.name
     return label

@@ -23,6 +23,7 @@ from fastgen.eval.leaderboard_table import (  # noqa: E402
 _TAB20 = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]  # no grey: the data floor's
 COLOURS = tuple(_TAB20[0::2] + _TAB20[1::2])  # the nine strong colours first, then their light partners
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LOG_Y = {"energy_distance"}  # spans orders of magnitude between an untrained control and the data floor
 
 
 def _save(fig, path):
@@ -69,6 +70,8 @@ def draw_metric(ax, summary, metric, x="steps"):
     ax.minorticks_off()
     ax.set_xlabel("sampling steps" if x == "steps" else "network evaluations per image (NFE)")
     ax.set_ylabel(f"{metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
+    if metric in LOG_Y:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -111,7 +114,7 @@ def plot_stem(summary, stem, protocol):
 
 def save_plots(summary, out_dir, stem):
     """Every available plot of every protocol: `<out_dir>/<stem>[_<protocol>]_<metric>_vs_steps.png`,
-    `..._fid_vs_nfe.png` and `..._fid_vs_latency.png`."""
+    `..._{fid,energy_distance}_vs_nfe.png` and `..._fid_vs_latency.png`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     several = summary["protocol"].nunique() > 1
@@ -121,8 +124,10 @@ def save_plots(summary, out_dir, stem):
         name, title = plot_stem(summary, stem, pid), f"protocol {pid}" if several else None
         paths += [metric_vs_steps(part, m, out_dir / f"{name}_{m}_vs_steps.png", title=title)
                   for m in SUMMARY_METRICS if part[m].notna().any() and m not in ("images_per_s",)]
-        if part["fid"].notna().any():
-            paths.append(metric_vs_steps(part, "fid", out_dir / f"{name}_fid_vs_nfe.png", x="nfe", title=title))
+        for metric in ("fid", "energy_distance"):  # the equal-compute view of the headline metric
+            if part[metric].notna().any():
+                paths.append(metric_vs_steps(part, metric, out_dir / f"{name}_{metric}_vs_nfe.png", x="nfe",
+                                             title=title))
         if part[["fid", "ms_per_image"]].notna().all(axis=1).any():
             paths.append(quality_vs_latency(part, out_dir / f"{name}_fid_vs_latency.png", title=title))
     return paths

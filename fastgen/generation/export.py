@@ -15,6 +15,12 @@ Not exportable as a pipeline (one line says so; `format=unet` works): DDGAN / SI
 latent z each step, which StableDiffusionPipeline cannot feed) and TSCD with sample_eta > 0 (TCDScheduler ends at
 t = 0, fastgen's sampler at the clean sample). `fastgen_export.json` in the folder records the call arguments
 (`num_inference_steps`, `guidance_scale`) that reproduce fastgen's sampler.
+
+TSCD's unified model (`method.unified_eta`, rows `tscd@unified`): `format=lora` also writes `scheduler/` — a
+`TCDScheduler` whose N-step grid is fastgen's trailing grid (`original_inference_steps` = T; N dividing T) — and
+`fastgen_export.json` with the call (`eta`, `guidance_scale` 0): `pipe.load_lora_weights(DIR)`, `pipe.scheduler =
+TCDScheduler.from_pretrained(DIR, subfolder="scheduler")`, `pipe(prompt, num_inference_steps=N, **call)` gives the
+`tscd@unified` rows' images.
 """
 
 from __future__ import annotations
@@ -86,6 +92,29 @@ def pipeline_scheduler(method):
                      "feed: export format=unet and sample with fastgen.generate")
 
 
+def unified_scheduler(method):
+    """The TCDScheduler that samples like TSCD's `unified_sampling` (its N-step grid is the trailing grid for N
+    dividing T; every step TCD's γ-step at eta = `unified_eta`, the last to t = 0)."""
+    from diffusers import TCDScheduler
+
+    bb = method.backbone
+    return TCDScheduler(**bb.schedule, prediction_type=bb.prediction_type, original_inference_steps=bb.num_train_timesteps,
+                        clip_sample=False)
+
+
+def write_unified_recipe(method, out: Path) -> None:
+    """Beside an exported TSCD LoRA: `scheduler/` (`unified_scheduler`) and `fastgen_export.json` with the call."""
+    from fastgen.atomic_write import write_text_atomic
+
+    unified_scheduler(method).save_pretrained(out / "scheduler")
+    write_text_atomic(out / "fastgen_export.json", json.dumps({
+        "method": method.name, "scheduler": "TCDScheduler", "rows": f"{method.name}@unified",
+        "call": {"eta": float(method.hparams.unified_eta), "guidance_scale": 0.0},
+        "note": "pipe.load_lora_weights(DIR); pipe.scheduler = TCDScheduler.from_pretrained(DIR, subfolder='scheduler'); "
+                "pipe(prompt, num_inference_steps=N, **call) reproduces fastgen's unified sampler for N dividing T",
+    }, indent=2) + "\n")
+
+
 def _replace_dir(tmp: Path, out: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -133,4 +162,7 @@ def export_method(method, out_dir, fmt: str = "pipeline") -> Path:
     if not has_lora(unet):
         raise ValueError(f"{method.name} trained the whole UNet (no LoRA adapter): export format=unet or pipeline, "
                          "or train with method.lora_rank=...")
-    return save_lora(unet, out_dir)
+    out = save_lora(unet, out_dir)
+    if method.name == "tscd" and method.hparams.get("unified_eta") is not None:
+        write_unified_recipe(method, out)
+    return out

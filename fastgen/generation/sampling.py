@@ -37,6 +37,23 @@ def img2img(method, x0: torch.Tensor, prompts, steps: int, strength: float, nois
     return method.sample(x_t, prompts, steps, generator=generator, t_start=t_start)
 
 
+def row_source(method, steps: int, row: str | None):
+    """The `RowSource` of `method`'s leaderboard rows labelled `<method><row>` at `steps` (`method.row_sources`): its
+    `weights()` around the sampling reproduces those rows. None: the current weights and the method's own sampler."""
+    from fastgen.eval.run_eval import row_sources
+    from fastgen.methods.base import RowSource
+
+    if row is None:
+        return RowSource(("",))
+    sources = row_sources(method, steps)
+    for source in sources:
+        if row in source.suffixes:
+            return source
+    labels = [f"{method.name}{suffix}" for source in sources for suffix in source.suffixes]
+    raise ValueError(f"row={row!r}: {method.name} has no {method.name}{row} rows at {steps} steps (it has {labels}; "
+                     "an untrained method has its own only)")
+
+
 @torch.no_grad()
 def sample_pixels(method, prompts, indices: torch.Tensor, steps: int, seed: int, init_x0=None, strength: float = 1.0):
     """Decoded pixels in [-1, 1] of the samples `indices` (prompt i is `prompts[i]`), from the evaluation's noise and

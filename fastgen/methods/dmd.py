@@ -63,7 +63,66 @@ from fastgen.methods.dpm_solver import dpm_solver_sample
 from fastgen.networks.encoder_heads import EncoderLogitHead
 
 
-class DMD(FewStepMethod):
+class DistributionMatching:
+    """The parts of DMD that a stage of another method reuses (TSCD's one-step stage, `method.final_stage=dmd`):
+    the real score (the frozen `teacher_unet` with CFG at `real_guidance_scale`), the fake score `fake_unet` (a
+    trainable copy of the teacher, `init_fake_score`), the normalised distribution-matching gradient at
+    t ~ U{t_min..t_max}, the fake score's denoising loss, and DMD's regression target. Mixed into a FewStepMethod
+    (it reads `backbone` and `teacher_unet`)."""
+
+    def init_fake_score(self, unet, real_guidance_scale: float, min_t_fraction: float = 0.02,
+                        max_t_fraction: float = 0.98) -> None:
+        """fake_unet ← a trainable copy of `unet` (the teacher's weights); the real score's CFG and the t range."""
+        T = self.backbone.num_train_timesteps
+        self.real_guidance_scale = float(real_guidance_scale)
+        self.t_min, self.t_max = int(min_t_fraction * T), min(int(max_t_fraction * T), T - 1)
+        self.fake_unet = copy.deepcopy(unet).requires_grad_(True)  # the fake score, from the teacher
+
+    def real_x0(self, x_t, t, cond, uncond) -> torch.Tensor:
+        """The teacher's x̂0 with classifier-free guidance (CFG is affine, so guiding x̂0 is guiding ε or v)."""
+        bb, w = self.backbone, self.real_guidance_scale
+        if w == 1.0:
+            return bb.denoise(self.teacher_unet, x_t, t, cond)[0]
+        x0 = bb.denoise(self.teacher_unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))[0]
+        x0_c, x0_u = x0.chunk(2)
+        return x0_u + w * (x0_c - x0_u)
+
+    def draw_dm_times(self, n: int, device) -> torch.Tensor:
+        """t ~ U{t_min..t_max} (DMD2: 0.02T..0.98T)."""
+        return torch.randint(self.t_min, self.t_max + 1, (n,), device=device)
+
+    def dm_gradient(self, x0_gen, cond, uncond) -> torch.Tensor:
+        """The normalised distribution-matching gradient at a fresh t and noise (no graph)."""
+        with torch.no_grad():
+            t = self.draw_dm_times(x0_gen.shape[0], x0_gen.device)
+            x_t = q_sample(x0_gen, t, torch.randn_like(x0_gen), self.backbone.alphas_cumprod)
+            fake = self.backbone.denoise(self.fake_unet, x_t, t, cond)[0]
+            real = self.real_x0(x_t, t, cond, uncond)
+            return distribution_matching_gradient(x0_gen, real, fake)
+
+    def regression_target(self, z: torch.Tensor, prompts, steps: int) -> torch.Tensor:
+        """The teacher's DPM-Solver++ output (`steps` steps, CFG at the real score's scale) from the generator's own
+        noise z (DMD's paired ODE target)."""
+        if prompts is None:
+            raise ValueError("the regression (MSE) term solves the teacher's ODE from the batch's prompts: the batch "
+                             "has none (a latent cache with text embeddings only); set method.regression_weight=0 "
+                             "(dmd) or method.dmd_mse_weight=0 (tscd)")
+        return dpm_solver_sample(self.backbone, self.teacher_unet, z, prompts, steps, self.real_guidance_scale)
+
+    def fake_denoise_loss(self, x0_gen, cond) -> torch.Tensor:
+        """The teacher's denoising loss on the detached generator samples (t ~ U{0..T−1}), regressing the backbone's
+        prediction target (ε, v or x0) with the fake network (DMD eq. 6)."""
+        bb = self.backbone
+        x0_gen = x0_gen.detach()
+        t = torch.randint(0, bb.num_train_timesteps, (x0_gen.shape[0],), device=x0_gen.device)
+        noise = torch.randn_like(x0_gen)
+        x_t = q_sample(x0_gen, t, noise, bb.alphas_cumprod)
+        dtype = next(self.fake_unet.parameters()).dtype
+        out = self.fake_unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.float()
+        return mse(out, prediction_target(x0_gen, noise, t, bb.alphas_cumprod, bb.prediction_type))
+
+
+class DMD(DistributionMatching, FewStepMethod):
     name = "dmd"
     supported_steps = (1,)
     guidance_scale = 0.0
@@ -100,11 +159,10 @@ class DMD(FewStepMethod):
         self._check_config()
         self.automatic_optimization = False
         T = backbone.num_train_timesteps
-        self.t_min, self.t_max = int(min_t_fraction * T), min(int(max_t_fraction * T), T - 1)
         self.generator_timestep = T - 1 if generator_timestep is None else generator_timestep
         unet = backbone.unet
         self.set_teacher(unet, teacher_guidance_scale)  # the real score (not checkpointed)
-        self.fake_unet = copy.deepcopy(unet).requires_grad_(True)  # the fake score, from the teacher
+        self.init_fake_score(unet, real_guidance_scale, min_t_fraction, max_t_fraction)
         self.gan_head = EncoderLogitHead(unet) if gan_weight > 0 else None
         self.ema_unet = self.make_ema(unet)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
@@ -142,15 +200,6 @@ class DMD(FewStepMethod):
                        device=z.device)
         return self.backbone.denoise(unet, z, t, cond)[0]
 
-    def real_x0(self, x_t, t, cond, uncond) -> torch.Tensor:
-        """The teacher's x̂0 with classifier-free guidance (CFG is affine, so guiding x̂0 is guiding ε or v)."""
-        bb, w = self.backbone, self.hparams.real_guidance_scale
-        if w == 1.0:
-            return bb.denoise(self.teacher_unet, x_t, t, cond)[0]
-        x0 = bb.denoise(self.teacher_unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))[0]
-        x0_c, x0_u = x0.chunk(2)
-        return x0_u + w * (x0_c - x0_u)
-
     def classifier_logits(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The GAN classifier on the fake network's encoder, at x noised to t ~ U{0..gan_max_t−1} (DMD2's diffusion GAN)."""
         T = self.backbone.num_train_timesteps
@@ -159,19 +208,6 @@ class DMD(FewStepMethod):
         return self.gan_head(self.fake_unet, x_t, t, cond)
 
     # -- the two phases' losses ---------------------------------------------------------------------------------------
-    def draw_dm_times(self, n: int, device) -> torch.Tensor:
-        """t ~ U{t_min..t_max} (DMD2: 0.02T..0.98T)."""
-        return torch.randint(self.t_min, self.t_max + 1, (n,), device=device)
-
-    def dm_gradient(self, x0_gen, cond, uncond) -> torch.Tensor:
-        """The normalised distribution-matching gradient at a fresh t and noise (no graph)."""
-        with torch.no_grad():
-            t = self.draw_dm_times(x0_gen.shape[0], x0_gen.device)
-            x_t = q_sample(x0_gen, t, torch.randn_like(x0_gen), self.backbone.alphas_cumprod)
-            fake = self.backbone.denoise(self.fake_unet, x_t, t, cond)[0]
-            real = self.real_x0(x_t, t, cond, uncond)
-            return distribution_matching_gradient(x0_gen, real, fake)
-
     def g_losses(self, x0_gen, z, x0, cond, uncond, prompts=None) -> dict[str, torch.Tensor]:
         """`dm` on the generator's sample (with its graph); `g_gan` and `g_reg` when their weights are set."""
         hp = self.hparams
@@ -179,29 +215,16 @@ class DMD(FewStepMethod):
         if hp.gan_weight:
             losses["g_gan"] = hp.gan_weight * g_loss_softplus(self.classifier_logits(x0_gen, cond))
         if hp.regression_weight:
-            losses["g_reg"] = hp.regression_weight * mse(x0_gen, self.regression_target(z, prompts))
+            losses["g_reg"] = hp.regression_weight * mse(x0_gen, self.regression_target(z, prompts, hp.regression_steps))
         return losses
 
-    def regression_target(self, z: torch.Tensor, prompts) -> torch.Tensor:
-        """The teacher's DPM-Solver++ output from the generator's own noise z (DMD's paired ODE target)."""
-        if prompts is None:
-            raise ValueError("method.regression_weight > 0 solves the teacher's ODE from the batch's prompts: the batch "
-                             "has none (a latent cache with text embeddings only); set method.regression_weight=0")
-        hp = self.hparams
-        return dpm_solver_sample(self.backbone, self.teacher_unet, z, prompts, hp.regression_steps, hp.real_guidance_scale)
-
     def fake_losses(self, x0_gen, x0, cond) -> dict[str, torch.Tensor]:
-        """`fake_denoise`: the teacher's denoising loss on the detached generator samples (t ~ U{0..T−1}); with the GAN
-        on, the classifier's `d_real` (batch data) and `d_fake` (generator samples) terms."""
-        bb, hp = self.backbone, self.hparams
-        x0_gen = x0_gen.detach()
-        t = torch.randint(0, bb.num_train_timesteps, (x0_gen.shape[0],), device=x0_gen.device)
-        noise = torch.randn_like(x0_gen)
-        x_t = q_sample(x0_gen, t, noise, bb.alphas_cumprod)
-        dtype = next(self.fake_unet.parameters()).dtype
-        out = self.fake_unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.float()
-        losses = {"fake_denoise": mse(out, prediction_target(x0_gen, noise, t, bb.alphas_cumprod, bb.prediction_type))}
+        """`fake_denoise` (`fake_denoise_loss`, on the detached samples); with the GAN on, the classifier's `d_real`
+        (batch data) and `d_fake` (generator samples) terms."""
+        hp = self.hparams
+        losses = {"fake_denoise": self.fake_denoise_loss(x0_gen, cond)}
         if hp.gan_weight:
+            x0_gen = x0_gen.detach()
             d_real, d_fake = d_loss_softplus(self.classifier_logits(x0.float(), cond), self.classifier_logits(x0_gen, cond))
             losses.update(d_real=hp.gan_d_weight * d_real, d_fake=hp.gan_d_weight * d_fake)
         return losses

@@ -17,7 +17,8 @@ one line in the phase that trains its generator, passing how its student predict
     loss = loss + self.feedback.add(losses, self.backbone, x0, cond, prompts, lambda x, t, c: <student x̂0>)
 
 `add` writes the weighted term into `losses` as `refl` and returns it; with weight 0 it returns 0 and draws no
-random numbers, so a method without feedback trains bit for bit as before. The reward model is never a module of
+random numbers, so a method without feedback trains bit for bit as before. A stage that already holds the student's
+x̂0 (TSCD's one-step DMD stage: its sample from pure noise) takes the term on it with `loss(backbone, x0_hat, prompts)`. The reward model is never a module of
 the method (its frozen weights stay out of checkpoints): the entry point builds it from `method.reward` and passes
 it in as `reward_fn` (fastgen.build.instantiate_method), since nothing under fastgen/methods imports fastgen/eval.
 
@@ -84,11 +85,18 @@ class RewardFeedback:
         x0_hat = predict_x0(x_t, t, cond)
         return self.reward_fn(decode_with_grad(backbone, x0_hat), prompts)
 
+    def objective(self, r: torch.Tensor) -> torch.Tensor:
+        """weight · mean φ(r) of reward scores [B]."""
+        r = r.float()
+        return self.weight * (-r if self.margin is None else F.relu(self.margin - r)).mean()
+
+    def loss(self, backbone, x0_hat: torch.Tensor, prompts) -> torch.Tensor:
+        """The term on a given student x̂0 (model space), decoded with its graph."""
+        return self.objective(self.reward_fn(decode_with_grad(backbone, x0_hat), prompts))
+
     def add(self, losses: dict, backbone, x0, cond, prompts, predict_x0) -> torch.Tensor | float:
         """Write weight·mean φ(r) into `losses["refl"]` and return it; 0 (nothing drawn, nothing written) when off."""
         if not self:
             return 0.0
-        r = self.scores(backbone, x0, cond, prompts, predict_x0).float()
-        term = -r if self.margin is None else F.relu(self.margin - r)
-        losses["refl"] = self.weight * term.mean()
+        losses["refl"] = self.objective(self.scores(backbone, x0, cond, prompts, predict_x0))
         return losses["refl"]

@@ -53,7 +53,18 @@ Deviations / open choices:
   TCDScheduler end at t = 0 (σ_0 ≈ 0.03).
 - Teacher CFG scale `teacher_guidance_scale` 7.5 (SD1.5's default; Hyper-SD does not state it); the
   unconditional branch is the empty prompt. Stage lengths and the adversarial/reward weights are config values.
-- The one-step DMD stage of Hyper-SD is not implemented.
+
+Hyper-SD's other parts (both off by default):
+- `final_stage: dmd` (Sec. 3.3): after the last segment stage, to the end of the run, the student's one-step sample
+  x̂0 = G(z, T−1, c) is trained with DMD's distribution-matching loss (`DistributionMatching` of dmd.py: real score =
+  the frozen teacher with CFG at `dmd_real_guidance_scale`, fake score = a trained copy of the teacher updated every
+  step, the student every `dmd_fake_updates_per_g`-th), + `dmd_mse_weight`·MSE to the teacher's DPM-Solver++ output
+  from the same z (`dmd_mse_steps`; DMD's regression — the paper names an MSE term without its target: open choice),
+  + the feedback term on that one-step sample when `reward_weight` > 0 (`refl`). Losses `dm`, `mse`, `refl`,
+  `fake_denoise`; `segments_now` = 0 there. Its one-step rows are `tscd@dmd`, beside the k = 1 stage's `tscd` row.
+  The fake score is a full copy even for a LoRA student.
+- `unified_eta: γ`: rows `tscd@unified`, the final model at every N sampled as diffusers' TCDScheduler does with
+  eta = γ (`unified_sampling`: the γ-steps, the last one to t = 0), the sampler Hyper-SD ships its unified LoRA with.
 """
 
 from __future__ import annotations
@@ -67,9 +78,13 @@ from pathlib import Path
 import torch
 
 from fastgen.atomic_write import save_torch_atomic
-from fastgen.core import append_dims, d_loss_softplus, ddim_step, g_loss_softplus, mse, q_sample, q_step, trailing_timesteps
+from fastgen.core import (
+    append_dims, d_loss_softplus, ddim_step, distribution_matching_loss, g_loss_softplus, mse, q_sample, q_step,
+    trailing_timesteps,
+)
+from fastgen.methods.adversarial import adversarial_phase
 from fastgen.methods.base import FINAL_MODEL, RowSource
-from fastgen.methods.feedback import RewardFeedback, decode_with_grad  # noqa: F401 (decode_with_grad: re-exported)
+from fastgen.methods.feedback import RewardFeedback
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
     empty_prompt_cond,
@@ -77,7 +92,12 @@ from fastgen.methods.consistency_common import (
     solver_grid_pairs,
     teacher_solver_step,
 )
+from fastgen.methods.dmd import DistributionMatching
 from fastgen.methods.sharding import whole_network
+
+FINAL_STAGES = ("dmd",)
+DMD_STAGE = "@dmd"  # label suffix of the one-step rows of the model after the DMD stage
+UNIFIED = "@unified"  # label suffix of the final model's rows sampled as diffusers' TCDScheduler does
 
 
 def segment_boundary(t: torch.Tensor, k: int, T: int = 1000) -> torch.Tensor:
@@ -102,13 +122,17 @@ def load_full_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) ->
         raise RuntimeError(f"weights not in the network: {result.unexpected_keys[:3]}")
 
 
-class TSCD(ConsistencyDistillation):
+class TSCD(DistributionMatching, ConsistencyDistillation):
     name = "tscd"
-    sharded_networks = ("backbone.unet", "target_unet", "discriminator")
+    _unified = False  # True inside `unified_sampling`
+    sharded_networks = ("backbone.unet", "target_unet", "discriminator", "fake_unet")
 
     @property
-    def optimizer_steps_per_training_step(self) -> int:
-        """The student's step, plus the discriminator's in a stage whose adversarial weight is not zero."""
+    def optimizer_steps_per_training_step(self) -> float:
+        """The student's step, plus the discriminator's in a stage whose adversarial weight is not zero; in the DMD
+        stage a fake-score step every training step and a student step every `dmd_fake_updates_per_g`-th."""
+        if self.in_dmd_stage:
+            return 1 + 1 / self.hparams.dmd_fake_updates_per_g
         return 2 if self.adv_weights and self.adv_weights[int(self.stage)] else 1
 
     def __init__(
@@ -135,6 +159,15 @@ class TSCD(ConsistencyDistillation):
         reward_t_range: tuple[int, int] = (0, 999),
         reward_margin: float | None = None,
         sample_eta: float = 0.0,
+        unified_eta: float | None = None,
+        final_stage: str | None = None,
+        dmd_real_guidance_scale: float | None = None,
+        dmd_fake_updates_per_g: int = 5,
+        dmd_lr_fake: float | None = None,
+        dmd_mse_weight: float = 0.25,
+        dmd_mse_steps: int = 25,
+        dmd_min_t_fraction: float = 0.02,
+        dmd_max_t_fraction: float = 0.98,
         teacher_dtype: str = "fp32",
         export_dir: str | None = None,
     ):
@@ -144,15 +177,40 @@ class TSCD(ConsistencyDistillation):
         self.segments, self.stage_ends = self._check_stages(segments, stage_kimg, adv_weights)
         if not 0.0 <= sample_eta <= 1.0:
             raise ValueError(f"method.sample_eta (TCD's gamma) must be in [0, 1], got {sample_eta}")
+        if unified_eta is not None and not 0.0 <= unified_eta <= 1.0:
+            raise ValueError(f"method.unified_eta (TCD's gamma of the tscd@unified rows) must be null or in [0, 1], got {unified_eta}")
+        self._check_final_stage()
         self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
                                                    backbone.num_train_timesteps)
         self.adv_weights = list(adv_weights) if adv_weights else None
         if self.adv_weights:
             self.discriminator = backbone.build_discriminator()  # the teacher's encoder, fp32, trainable
+        self.fake_unet = None
+        if final_stage == "dmd":  # the fake score starts from the teacher (fp32 and without LoRA, whatever the student)
+            real_scale = teacher_guidance_scale if dmd_real_guidance_scale is None else dmd_real_guidance_scale
+            self.init_fake_score(backbone.unet, real_scale, dmd_min_t_fraction, dmd_max_t_fraction)
+            self.register_buffer("dmd_steps", torch.zeros((), dtype=torch.long))
         self.init_networks(teacher_guidance_scale, teacher_dtype, lora_rank, lora_alpha, target_ema_decay)
         self.guidance_scale = 0.0
         self.register_buffer("stage", torch.zeros((), dtype=torch.long))
         self.register_buffer("segments_now", torch.tensor(self.segments[0], dtype=torch.long))
+
+    def _check_final_stage(self) -> None:
+        hp = self.hparams
+        if hp.final_stage not in (None, *FINAL_STAGES):
+            raise ValueError(f"method.final_stage={hp.final_stage!r} is not one of {[None, *FINAL_STAGES]} (null: TSCD's "
+                             "segment stages only; dmd: Hyper-SD's one-step DMD stage after them)")
+        if hp.final_stage is None:
+            return
+        if hp.dmd_fake_updates_per_g < 1 or hp.dmd_mse_steps < 1:
+            raise ValueError("method.dmd_fake_updates_per_g and method.dmd_mse_steps must be positive integers")
+        if hp.dmd_mse_weight < 0:
+            raise ValueError(f"method.dmd_mse_weight={hp.dmd_mse_weight} must be >= 0 (0 = off)")
+        if hp.dmd_real_guidance_scale is not None and hp.dmd_real_guidance_scale < 1:
+            raise ValueError(f"method.dmd_real_guidance_scale={hp.dmd_real_guidance_scale} must be null "
+                             "(teacher_guidance_scale) or >= 1 (1 = no CFG)")
+        if not 0.0 <= hp.dmd_min_t_fraction <= hp.dmd_max_t_fraction <= 1.0:
+            raise ValueError("method.dmd_min_t_fraction and method.dmd_max_t_fraction must satisfy 0 <= min <= max <= 1")
 
     @staticmethod
     def _check_stages(segments, stage_kimg, adv_weights):
@@ -166,17 +224,32 @@ class TSCD(ConsistencyDistillation):
         return segments, [sum(stage_kimg[: i + 1]) for i in range(len(stage_kimg))]
 
     # -- stages --------------------------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        """The segment stages, plus the DMD stage after them with `final_stage: dmd`."""
+        return len(self.segments) + (self.hparams.final_stage is not None)
+
+    @property
+    def in_dmd_stage(self) -> bool:
+        return int(self.stage) == len(self.segments)
+
+    def stage_segments(self, stage: int) -> int:
+        """k of a segment stage; 0 for the DMD stage (what `segments_now` and `train/segments` hold there)."""
+        return self.segments[stage] if stage < len(self.segments) else 0
+
     def advance_stage(self) -> int:
         """Move to the stage the images seen so far fall in (never back), keeping the weights of each stage that
-        ends (`save_stage`); returns the current stage's number of segments k."""
+        ends (`save_stage`); returns the current stage's number of segments k (0 in the DMD stage, which follows the
+        last segment stage's end and lasts to the end of the run)."""
         stage = int(self.stage)
-        while stage + 1 < len(self.segments) and self.kimg >= self.stage_ends[stage]:
+        while stage + 1 < self.num_stages and self.kimg >= self.stage_ends[stage]:
             self.save_stage(stage)
             stage += 1
-            print(f"[fastgen] tscd: stage {stage + 1}/{len(self.segments)} at {self.kimg:g} kimg, k = {self.segments[stage]} segments")
+            what = f"k = {self.segments[stage]} segments" if stage < len(self.segments) else "the one-step DMD stage"
+            print(f"[fastgen] tscd: stage {stage + 1}/{self.num_stages} at {self.kimg:g} kimg, {what}")
         self.stage.fill_(stage)
-        self.segments_now.fill_(self.segments[stage])
-        return self.segments[stage]
+        self.segments_now.fill_(self.stage_segments(stage))
+        return self.stage_segments(stage)
 
     # -- stage snapshots: the weights each finished stage ended with --------------------------------------
     def stage_file(self, stage: int) -> str:
@@ -251,8 +324,8 @@ class TSCD(ConsistencyDistillation):
                               f"but {target} is missing: its rows will be left out", stacklevel=2)
 
     def finished_stage(self, steps: int) -> int | None:
-        """The last finished stage trained for `steps` (k = steps), unless the current stage is: None then."""
-        if self.segments[int(self.stage)] == steps:
+        """The last finished segment stage trained for `steps` (k = steps), unless the current stage is: None then."""
+        if self.stage_segments(int(self.stage)) == steps:
             return None
         return max((i for i in range(int(self.stage)) if self.segments[i] == steps), default=None)
 
@@ -260,21 +333,37 @@ class TSCD(ConsistencyDistillation):
         """Hyper-SD's protocol: N steps from the stage trained with k = N segments, and the final model (the
         current weights) at every N as `tscd@final`. A finished stage's rows come from its snapshot; the current
         stage's, and those of an N that no stage reached, from the current weights. So a periodic evaluation during
-        training scores the finished stages' snapshots and the current model. An untrained method, its control, or
-        a one-stage configuration has its own rows only."""
-        if self.control_guidance is not None or len(self.segments) == 1 or int(self.images_seen) == 0:
+        training scores the finished stages' snapshots and the current model. In the DMD stage its one-step rows are
+        `tscd@dmd` (the k = 1 stage's stay `tscd`). With `unified_eta` the final model at every N sampled as diffusers'
+        TCDScheduler does (`unified_sampling`) is `tscd@unified`. An untrained method, or its control, has its own
+        rows only; a one-stage configuration no `@final` rows (they would be its own)."""
+        if self.control_guidance is not None or int(self.images_seen) == 0:
             return [RowSource(("",))]
+        unified = [RowSource((UNIFIED,), self.unified_sampling, f"TCD eta={self.hparams.unified_eta:g}")] \
+            if self.hparams.unified_eta is not None else []
+        current = (FINAL_MODEL,) if self.num_stages > 1 else ()
+        if self.in_dmd_stage and steps == 1:
+            current = (DMD_STAGE, *current)
         stage = self.finished_stage(steps)
         if stage is None:
-            return [RowSource(("", FINAL_MODEL))]
-        final = RowSource((FINAL_MODEL,))
+            return [RowSource(("", *current)), *unified]
         name = self.stage_file(stage)
         if self.stage_dir is None or not (self.stage_dir / name).is_file():
             warnings.warn(f"tscd: the weights of stage {stage + 1} (k = {steps}, {name}) are missing from "
                           f"{self.stage_dir or 'the checkpoint folder'}: its {steps}-step row is left out "
                           f"(`tscd{FINAL_MODEL}` has the final model's)", stacklevel=2)
-            return [final]
-        return [RowSource(("",), functools.partial(self.stage_weights, stage), name), final]
+            return [RowSource(current), *unified]
+        return [RowSource(("",), functools.partial(self.stage_weights, stage), name), RowSource(current), *unified]
+
+    @contextlib.contextmanager
+    def unified_sampling(self):
+        """Inside the block `sample` runs diffusers' TCDScheduler with eta = `unified_eta` (the unified model's
+        sampler, Hyper-SD): TCD's γ-steps, the last one to t = 0 (not to the clean sample)."""
+        self._unified = True
+        try:
+            yield
+        finally:
+            self._unified = False
 
     # -- the DDIM map with a network's prediction ----------------------------------------------------
     def ddim_map(self, unet, x_t, t, s, cond):
@@ -300,15 +389,28 @@ class TSCD(ConsistencyDistillation):
         return student, x0_hat, target, t_end
 
     # -- training ------------------------------------------------------------------------------------
+    def named_optimizers(self) -> dict:
+        """The student's optimizer `g`, the discriminator's `d` (adversarial term) and the fake score's `fake` (DMD stage)."""
+        opts = self.optimizers()
+        opts = list(opts) if isinstance(opts, (list, tuple)) else [opts]
+        names = ["g"] + (["d"] if self.adv_weights else []) + (["fake"] if self.fake_unet is not None else [])
+        return dict(zip(names, opts))
+
     def training_step(self, batch, batch_idx):
         bb, hp = self.backbone, self.hparams
-        opts = self.optimizers()
-        opt_g, opt_d = (opts if isinstance(opts, list) else (opts, None))
+        opts = self.named_optimizers()
+        opt_g, opt_d = opts["g"], opts.get("d")
         # 1. the current stage's k; data, prompt and empty-prompt embeddings
         k = self.advance_stage()
         x0 = bb.batch_to_x0(batch).float()
         cond = bb.batch_to_cond(batch)
         uncond = empty_prompt_cond(bb, cond)
+        if self.in_dmd_stage:  # Hyper-SD's one-step stage instead of the consistency step
+            losses = self.dmd_training_step(x0, cond, uncond, batch.get("prompt"), opts)
+            self.count_images(x0.shape[0])
+            self.log_losses(losses, x0.shape[0])
+            self.log("train/segments", 0.0, on_step=True, on_epoch=False, batch_size=x0.shape[0])
+            return
         # 2. t_n on the solver grid; student and target mapped to its segment boundary (teacher's DDIM step between)
         t_n, _ = solver_grid_pairs(x0.shape[0], bb.num_train_timesteps, hp.num_ddim_timesteps, x0.device)
         student, x0_hat, target, t_end = self.consistency_pair(x0, torch.randn_like(x0), t_n, cond, uncond, k)
@@ -341,12 +443,64 @@ class TSCD(ConsistencyDistillation):
         self.log_losses(losses, x0.shape[0])
         self.log("train/segments", float(k), on_step=True, on_epoch=False, batch_size=x0.shape[0])
 
+    # -- the DMD stage (Hyper-SD Sec. 3.3): DMD on the one-step student, + MSE to the teacher, + feedback ----------
+    def dmd_generator_losses(self, x0_gen, z, cond, uncond, prompts) -> dict[str, torch.Tensor]:
+        """`dm` (the distribution-matching loss, DMD eqs. 7–8), `mse` (dmd_mse_weight·‖x̂0 − the teacher's ODE output
+        from z‖², DMD's regression) and `refl` (the feedback term on the one-step sample), each weighted."""
+        hp = self.hparams
+        losses = {"dm": distribution_matching_loss(x0_gen, self.dm_gradient(x0_gen.detach(), cond, uncond))}
+        if hp.dmd_mse_weight:
+            losses["mse"] = hp.dmd_mse_weight * mse(x0_gen, self.regression_target(z, prompts, hp.dmd_mse_steps))
+        if self.feedback:
+            losses["refl"] = self.feedback.loss(self.backbone, x0_gen, prompts)
+        return losses
+
+    def dmd_training_step(self, x0, cond, uncond, prompts, opts) -> dict[str, torch.Tensor]:
+        """One DMD-stage step, DMD2's two time scales: the student's one-step samples x̂0 = G(z, T−1, c); every
+        `dmd_fake_updates_per_g`-th step a student update on them (fake score frozen; then the EMA target), and every
+        step a fake-score update (`fake_denoise`) on the same samples, detached (student frozen)."""
+        bb, hp = self.backbone, self.hparams
+        generator_turn = int(self.dmd_steps) % hp.dmd_fake_updates_per_g == 0
+        z = torch.randn_like(x0)
+        t = torch.full((x0.shape[0],), bb.num_train_timesteps - 1, dtype=torch.long, device=x0.device)
+        with torch.set_grad_enabled(generator_turn):
+            x0_gen = bb.denoise(bb.unet, z, t, cond)[0]  # the one-step sample (DDIM from T − 1 to the clean sample)
+        losses = {}
+        if generator_turn:
+            losses.update(adversarial_phase(self, opts["g"], lambda: self.dmd_generator_losses(x0_gen, z, cond, uncond, prompts),
+                                            hp.grad_clip))
+            self.lr_schedulers().step()
+            self.update_target()
+        losses.update(adversarial_phase(self, opts["fake"], lambda: {"fake_denoise": self.fake_denoise_loss(x0_gen, cond)},
+                                        hp.grad_clip))
+        self.dmd_steps += 1
+        return losses
+
     def configure_optimizers(self):
+        """The student's AdamW with warm-up; the discriminator's (adversarial term) and the fake score's (DMD stage)."""
+        hp = self.hparams
         student = super().configure_optimizers()
-        if not self.adv_weights:
+        if not self.adv_weights and self.fake_unet is None:
             return student
-        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=self.hparams.disc_lr, betas=tuple(self.hparams.betas))
-        return [student["optimizer"], opt_d], [student["lr_scheduler"]]
+        opts = [student["optimizer"]]
+        if self.adv_weights:
+            opts.append(torch.optim.AdamW(self.discriminator.parameters(), lr=hp.disc_lr, betas=tuple(hp.betas)))
+        if self.fake_unet is not None:
+            opts.append(torch.optim.AdamW(self.fake_unet.parameters(), lr=hp.dmd_lr_fake or hp.lr, betas=tuple(hp.betas),
+                                          weight_decay=hp.weight_decay))
+        return opts, [student["lr_scheduler"]]
+
+    def on_train_end(self):
+        if self.hparams.final_stage is not None and not self.in_dmd_stage:
+            warnings.warn(f"tscd: the run ended at {self.kimg:g} kimg, before the {self.hparams.final_stage} stage "
+                          f"(it starts after sum(method.stage_kimg) = {self.stage_ends[-1]:g} kimg): raise "
+                          "trainer.max_kimg", stacklevel=2)
+        super().on_train_end()  # the sampling network to export_dir (a LoRA: diffusers' load_lora_weights format)
+        export_dir = self.hparams.export_dir
+        if export_dir and self.lora and self.hparams.unified_eta is not None and self.trainer.is_global_zero:
+            from fastgen.generation.export import write_unified_recipe
+
+            write_unified_recipe(self, Path(export_dir))  # + the TCDScheduler and call of the tscd@unified rows
 
     # -- sampling ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -354,13 +508,15 @@ class TSCD(ConsistencyDistillation):
         """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when sample_eta > 0; from
         `t_start` for image-to-image. Under `control()` the same steps with the teacher's CFG x̂0, ε̂ at
         `teacher_guidance_scale`."""
-        bb, eta = self.backbone, self.hparams.sample_eta
+        bb, eta, end = self.backbone, self.hparams.sample_eta, -1
+        if self._unified:  # diffusers' TCDScheduler: its last step goes to t = 0
+            eta, end = self.hparams.unified_eta, 0
         start = bb.num_train_timesteps - 1 if t_start is None else t_start
-        timesteps = trailing_timesteps(steps, start + 1).tolist() + [-1]
+        timesteps = trailing_timesteps(steps, start + 1).tolist()
         cond = bb.encode_prompts(prompts)
         x = noise.float()
-        for t, t_next in zip(timesteps[:-1], timesteps[1:]):
-            stochastic = eta > 0 and t_next >= 0
+        for i, (t, t_next) in enumerate(zip(timesteps, timesteps[1:] + [end])):
+            stochastic = eta > 0 and i + 1 < len(timesteps)
             s = math.floor((1 - eta) * t_next) if stochastic else t_next
             x0_hat, eps_hat = self.sampling_denoise(x, torch.full((x.shape[0],), t, device=x.device), cond)
             x = ddim_step(x0_hat, eps_hat, s, bb.alphas_cumprod)
