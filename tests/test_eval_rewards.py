@@ -36,7 +36,7 @@ def test_aesthetic_reward_is_the_evaluation_score_and_differentiable(tiny_768_fi
 def test_the_builder_injects_the_reward_the_method_config_asks_for(tiny_768_file):  # noqa: F811
     cfg = {"_target_": "fastgen.methods.tscd.TSCD", "reward": _spec(tiny_768_file), "reward_weight": 0.5}
     method = instantiate_method(cfg, build_points_random(3, hidden_dim=16, num_layers=1))
-    assert isinstance(method.reward_fn, AestheticReward)
+    assert isinstance(method.feedback.reward_fn, AestheticReward)
     assert method.hparams.reward == _spec(tiny_768_file)  # the spec (primitives) is the checkpoint's record
     assert "reward_fn" not in method.hparams
 
@@ -48,7 +48,7 @@ def test_a_reward_asked_for_but_not_passed_is_one_clear_line(tiny_768_file):  # 
         TSCD(backbone, reward=_spec(tiny_768_file), reward_weight=0.5)
     with pytest.raises(ValueError, match=r"method.reward_weight > 0 needs a reward model: set method.reward"):
         TSCD(backbone, reward_weight=0.5)
-    with pytest.raises(ValueError, match=r"method.reward.name='imagereward' is not one of \['aesthetic'\]"):
-        build_reward({"name": "imagereward"})
+    with pytest.raises(ValueError, match=r"method.reward.name='image_reward' is not one of \['aesthetic', 'digit', "):
+        build_reward({"name": "image_reward"})
     with pytest.raises(ValueError, match=r"method.reward \(aesthetic\): .*unexpected keyword argument 'weight'"):
         build_reward({"name": "aesthetic", "weight": "x.pth"})

@@ -163,7 +163,7 @@ def test_adversarial_and_reward_terms(tiny):
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(m, loader)
     metrics = trainer.callback_metrics
-    for key in ("train/consistency", "train/adv", "train/reward", "train/d_real", "train/d_fake"):
+    for key in ("train/consistency", "train/adv", "train/refl", "train/d_real", "train/d_fake"):
         assert torch.isfinite(metrics[key]), key
     assert any(not torch.equal(v, m.discriminator.state_dict()[k]) for k, v in disc_before.items())
     assert all(torch.equal(v, m.teacher_unet.state_dict()[k]) for k, v in teacher_before.items())

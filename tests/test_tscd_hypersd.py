@@ -126,8 +126,8 @@ def test_the_student_turn_comes_every_fake_updates_per_g_steps(points, tmp_path,
 
 
 def test_the_generator_terms_dm_mse_and_feedback(points, tmp_path, monkeypatch):
-    """`mse` is dmd_mse_weight·MSE to the teacher's ODE output from the student's own noise; `reward` the weighted
-    hinge of the reward hook on the student's one-step sample."""
+    """`mse` is dmd_mse_weight·MSE to the teacher's ODE output from the student's own noise; `refl` the weighted
+    feedback hinge on the student's one-step sample."""
     import fastgen.methods.dmd as dmd
 
     m = make(points, dmd_mse_weight=2.0, dmd_mse_steps=3, reward_fn=lambda x, prompts: x.sum(dim=1), reward_weight=0.5,
@@ -142,9 +142,9 @@ def test_the_generator_terms_dm_mse_and_feedback(points, tmp_path, monkeypatch):
     z, x0_gen = torch.randn(2, 2), torch.full((2, 2), 0.25, requires_grad=True)
     cond = m.backbone.encode_prompts([PROMPT] * 2)
     losses = m.dmd_generator_losses(x0_gen, z, cond, cond, [PROMPT] * 2)
-    assert set(losses) == {"dm", "mse", "reward"}
+    assert set(losses) == {"dm", "mse", "refl"}
     assert losses["mse"].item() == pytest.approx(2.0 * 0.0625)
-    assert losses["reward"].item() == pytest.approx(0.5 * (1.0 - 0.5))
+    assert losses["refl"].item() == pytest.approx(0.5 * (1.0 - 0.5))
     assert seen["unet"] is m.teacher_unet and seen["noise"] is z and seen["steps"] == 3 and seen["guidance"] == 1.0
     sum(losses.values()).backward()
     assert torch.isfinite(x0_gen.grad).all()

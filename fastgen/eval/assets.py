@@ -40,6 +40,21 @@ class AssetLookup:
         return f"{status} (looked in: {looked}; set {self.config_key}=/path)"
 
 
+def file_or_hub_cache(path, repo: str, filename: str, what: str, config_key: str) -> Path:
+    """`path` if it is a file; with no path, `filename` of hub repo `repo` in the local Hugging Face cache (never a
+    download). Else a ValueError in one line naming the file and `config_key`."""
+    if path is not None and Path(os.path.expanduser(str(path))).is_file():
+        return Path(os.path.expanduser(str(path)))
+    if path is None:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+    where = f"{path} does not exist" if path is not None else f"{filename} is not in the Hugging Face cache ({repo})"
+    raise ValueError(f"{what}: {where}: set {config_key}=/path/to/{filename}")
+
+
 def sha256_file(path):
     """sha256 hex digest of a file, cached per (path, size, mtime) for this process."""
     stat = os.stat(path)

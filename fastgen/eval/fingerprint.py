@@ -29,7 +29,9 @@ PRECISION_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "fl
 LIGHTNING_PRECISION = {"32-true": "fp32", "32": "fp32", "64-true": "fp64", "64": "fp64", "16-true": "fp16",
                        "bf16-true": "bf16", "16-mixed": "fp32", "16": "fp32", "bf16-mixed": "fp32"}
 PROTOCOL_COLUMNS = ("dataset", "reference", "extractor", "extractor_sha256", "prompts_sha256",
-                    "num_samples", "seed", "clip_model", "aesthetic_sha256", "aesthetic_clip", "classifier_sha256")
+                    "num_samples", "seed", "clip_model", "aesthetic_sha256", "aesthetic_clip", "classifier_sha256",
+                    "reward_models")
+OMITTED_WHEN_EMPTY = ("reward_models",)  # added after protocol ids were published: rows without it keep their ids
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,7 +129,8 @@ def protocol_fields(row):
             return str(int(value))
         return str(value)
 
-    return {column: text(row.get(column)) for column in PROTOCOL_COLUMNS}
+    fields = {column: text(row.get(column)) for column in PROTOCOL_COLUMNS}
+    return {k: v for k, v in fields.items() if v or k not in OMITTED_WHEN_EMPTY}
 
 
 def protocol_id(row):
@@ -149,6 +152,8 @@ def describe_protocol(row):
         if f[column]:
             value = f[column] if column in ("clip_model", "aesthetic_clip") else f[column][:12]
             parts.append(f"{label} {value}")
+    if f.get("reward_models"):
+        parts.append(f"rewards {f['reward_models']}")
     return "; ".join(parts)
 
 

@@ -41,15 +41,17 @@ COLUMNS = (
     "train_seed",
     "precision", "device", "git_commit", "timestamp",
     "clip_model", "aesthetic_sha256", "aesthetic_clip", "classifier_sha256",
+    "digit_reward", "imagereward", "hpsv2", "pickscore", "reward_models",
 )
 ADDED_LATER = ("train_seed", "clip_model", "aesthetic_sha256", "aesthetic_clip", "classifier_sha256",
                "latency_device", "latency_threads", "latency_batch", "latency_repeats", "energy_distance", "knn_precision",
-               "knn_recall")
+               "knn_recall", "digit_reward", "imagereward", "hpsv2", "pickscore", "reward_models")
 REQUIRED_COLUMNS = tuple(c for c in COLUMNS if c not in ADDED_LATER)  # every leaderboard fastgen has written
 INT_COLUMNS = ("steps", "nfe", "num_samples", "seed", "train_seed", "latency_threads", "latency_batch",
                "latency_repeats")
 FLOAT_COLUMNS = ("guidance", "fid", "kid", "kid_std", "clip_score", "aesthetic_score", "prompt_accuracy",
-                 "energy_distance", "knn_precision", "knn_recall", "ms_per_image", "images_per_s", "peak_mem_mb")
+                 "energy_distance", "knn_precision", "knn_recall", "ms_per_image", "images_per_s", "peak_mem_mb",
+                 "digit_reward", "imagereward", "hpsv2", "pickscore")
 REAL_DATA = "real_data"
 LOCK_TIMEOUT_S = 120
 MAX_LISTED = 5

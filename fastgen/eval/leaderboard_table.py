@@ -22,8 +22,9 @@ import pandas as pd
 
 from fastgen.eval.fingerprint import describe_protocol, protocol_id
 
-SUMMARY_METRICS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "energy_distance", "knn_precision",
-                   "knn_recall", "ms_per_image", "images_per_s", "peak_mem_mb")
+SUMMARY_METRICS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "digit_reward", "imagereward",
+                   "hpsv2", "pickscore", "energy_distance", "knn_precision", "knn_recall", "ms_per_image", "images_per_s",
+                   "peak_mem_mb")
 LOWER_IS_BETTER = {"fid", "kid", "energy_distance", "ms_per_image", "peak_mem_mb"}
 REAL = "real"
 REAL_DATA = "real_data"

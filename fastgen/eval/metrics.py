@@ -2,7 +2,9 @@
 
 Each metric is loaded only if enabled and its weights are found; otherwise its column stays empty (None) and one
 warning names the key to set. Per-sample outputs (Inception features, CLIP / aesthetic scores, digit
-correctness) are what ranks exchange under DDP, so a sharded run summarises exactly the same numbers.
+correctness, reward-model scores) are what ranks exchange under DDP, so a sharded run summarises exactly the same
+numbers. Reward models (`eval.rewards.<name>`, fastgen/eval/rewards.py) are the ones training's feedback uses, each a
+column of its mean score, loaded only where its files are set (a missing file: one warning, the column empty).
 """
 
 import functools
@@ -10,11 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fastgen.eval import aesthetic, clip_score, digit_classifier, inception
+from fastgen.eval import aesthetic, clip_score, digit_classifier, inception, rewards
 from fastgen.eval.fid import fid_from_features, kid_from_features
 from fastgen.eval.reference import evaluation_reference
 
-METRIC_COLUMNS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy")
+METRIC_COLUMNS = ("fid", "kid", "clip_score", "aesthetic_score", "prompt_accuracy", "digit_reward", "imagereward",
+                  "hpsv2", "pickscore")
+REWARD_FILES = {"digit": None, "imagereward": "weights", "hpsv2": "weights", "pickscore": "model"}  # the key that enables it
 
 
 @functools.lru_cache(maxsize=2)
@@ -30,6 +34,7 @@ class MetricSuite:
     clip: object = None
     aesthetic: object = None
     digits: object = None
+    rewards: dict = None
 
     @classmethod
     def load(cls, settings, datamodule, device="cpu"):
@@ -56,13 +61,14 @@ class MetricSuite:
         if settings.prompt_accuracy.enabled:
             model = digit_classifier.load_classifier(settings.prompt_accuracy.weights).to(device)
             suite.digits = digit_classifier.PromptAccuracy(model)
+        suite.rewards = load_rewards(settings.rewards)
         return suite
 
     @property
     def available(self):
         """Names of the per-sample outputs this suite computes."""
         loaded = {"inception": self.inception, "clip": self.clip, "aesthetic": self.aesthetic, "digits": self.digits}
-        return [name for name, value in loaded.items() if value is not None]
+        return [name for name, value in loaded.items() if value is not None] + list(self.rewards or {})
 
     @torch.no_grad()
     def score(self, images, prompts, names=None):
@@ -71,6 +77,8 @@ class MetricSuite:
         for name in names or self.available:
             if name == "inception":
                 out[name] = self.inception(images.to(next(self.inception.parameters()).device)).cpu()
+            elif name in (self.rewards or {}):
+                out[name] = self.rewards[name](images.float() / 127.5 - 1.0, prompts).float().cpu()
             else:
                 out[name] = getattr(self, name)(images, prompts).cpu()
         return out
@@ -85,7 +93,9 @@ class MetricSuite:
             row["kid"], row["kid_std"] = kid_from_features(
                 self.reference.features, features, self.settings.fid.kid_subsets, self.settings.fid.kid_subset_size,
                 generator)
-        for name, column in (("clip", "clip_score"), ("aesthetic", "aesthetic_score"), ("digits", "prompt_accuracy")):
+        named = (("clip", "clip_score"), ("aesthetic", "aesthetic_score"), ("digits", "prompt_accuracy"),
+                 *((name, rewards.COLUMNS[name]) for name in self.rewards or {}))
+        for name, column in named:
             if name in per_sample:
                 row[column] = float(per_sample[name].float().mean())
         return row
@@ -101,4 +111,26 @@ class MetricSuite:
             "aesthetic_sha256": self.aesthetic.weights_sha256 if self.aesthetic else "",
             "aesthetic_clip": self.aesthetic.clip_id if self.aesthetic else "",
             "classifier_sha256": self.digits.weights_sha256 if self.digits else "",
+            "reward_models": ";".join(f"{n}={r.weights_sha256[:12]}" for n, r in sorted((self.rewards or {}).items())),
         }
+
+
+def load_rewards(settings) -> dict:
+    """{name: reward} of the reward models whose files `eval.rewards` sets (digit: when enabled); one that cannot be
+    loaded is left out after one warning naming the key to set (its column stays empty: never random weights)."""
+    import warnings
+
+    from fastgen.eval.assets import MissingAssetWarning
+
+    loaded = {}
+    for name, enabling_key in REWARD_FILES.items():
+        options = dict(settings[name])
+        if name == "digit" and not options.pop("enabled"):
+            continue
+        if enabling_key is not None and options.get(enabling_key) is None:
+            continue
+        try:
+            loaded[name] = rewards.build_reward({"name": name, **options}, key_prefix=f"eval.rewards.{name}")
+        except ValueError as e:
+            warnings.warn(f"{rewards.COLUMNS[name]} not computed: {e}", MissingAssetWarning, stacklevel=2)
+    return loaded

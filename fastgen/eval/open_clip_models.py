@@ -183,7 +183,12 @@ def clip_preprocess(images, model):
     model's own `preprocess_cfg` (size, mean, std).
     """
     cfg = model.visual.preprocess_cfg
-    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+    return resize_crop_normalise(images, cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0], cfg["mean"], cfg["std"])
+
+
+def resize_crop_normalise(images, size, mean, std):
+    """Values in [0, 255] [N, 1|3, H, W] -> shortest side resized to `size` (bicubic, antialiased), centre crop,
+    normalised by `mean`/`std`: the CLIP-style eval transform as differentiable tensor operations."""
     x = images.expand(-1, 3, -1, -1).float() / 255 if images.shape[1] == 1 else images.float() / 255
     h, w = x.shape[-2:]
     scale = size / min(h, w)
@@ -191,8 +196,8 @@ def clip_preprocess(images, model):
     x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     x = x[..., top:top + size, left:left + size]
-    mean = torch.tensor(cfg["mean"], device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"], device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

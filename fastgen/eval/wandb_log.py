@@ -103,7 +103,8 @@ def scalar_metrics(rows):
     """{"eval/fid@1step": ..., "eval/clip@4step": ...} of the filled metrics of each row; a row labelled
     `<method>@<variant>` (e.g. `tscd@final`) under "eval/<variant>/"."""
     names = {"fid": "fid", "kid": "kid", "clip_score": "clip", "aesthetic_score": "aesthetic",
-             "prompt_accuracy": "prompt_accuracy", "ms_per_image": "ms_per_image", "images_per_s": "images_per_s",
+             "prompt_accuracy": "prompt_accuracy", "digit_reward": "digit_reward", "imagereward": "imagereward",
+             "hpsv2": "hpsv2", "pickscore": "pickscore", "ms_per_image": "ms_per_image", "images_per_s": "images_per_s",
              "peak_mem_mb": "peak_mem_mb"}
 
     def prefix(row):

@@ -27,7 +27,9 @@ diffusers pipeline), LCM's ω = s − 1 (the teacher x̂0_c + ω(x̂0_c − x̂0
 training and in sampling, which is what diffusers' `LatentConsistencyModelPipeline` does with its
 `guidance_scale` (it embeds guidance_scale − 1): a model trained here samples in that pipeline with the same s.
 
-Loss key logged: `consistency`. Sampling: LCM's multistep consistency sampler (LCMScheduler): timesteps
+Loss keys logged: `consistency`, and `refl` with reward feedback (`reward`, `reward_weight`, `reward_t_range`,
+`reward_margin`: ReFL on the student's consistency output at a timestep in the range, fastgen/methods/feedback.py,
+with the consistency loss kept on). Sampling: LCM's multistep consistency sampler (LCMScheduler): timesteps
 `lcm_timesteps(N)` on the 50-point grid (1 → [999], 2 → [999, 499], 4 → [999, 759, 499, 259]); each step
 takes the consistency output and, except at the last step, re-noises it to the next timestep with fresh noise.
 One network evaluation per step (ω is an input, not CFG). The full variant samples with the EMA target (the
@@ -57,6 +59,7 @@ from fastgen.core import (
     append_dims, consistency_output, guidance_scale_embedding, inverse_sigma2_weights, lcm_solver_grid, lcm_timesteps,
     mse, pseudo_huber, q_sample,
 )
+from fastgen.methods.feedback import RewardFeedback
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
     empty_prompt_cond,
@@ -110,9 +113,16 @@ class LCM(ConsistencyDistillation):
         timestep_scaling: float = 10.0,
         teacher_dtype: str = "fp32",
         export_dir: str | None = None,
+        reward: dict | None = None,
+        reward_fn=None,
+        reward_weight: float = 0.0,
+        reward_t_range: tuple[int, int] = (0, 999),
+        reward_margin: float | None = None,
     ):
         super().__init__(backbone)
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "reward_fn"])
+        self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
+                                                   backbone.num_train_timesteps)
         if loss not in LOSSES:
             raise ValueError(f"method.loss={loss!r} is not one of {LOSSES}")
         if timestep_weighting not in TIMESTEP_WEIGHTINGS:
@@ -177,10 +187,12 @@ class LCM(ConsistencyDistillation):
             x_prev = teacher_solver_step(bb, self.teacher_unet, x_t, t_start, t_prev, cond, uncond, scale)
             # 6. the target at t_n: EMA student, or the online network under no_grad (LoRA)
             target = self.consistency(self.sampling_unet, x_prev, t_prev, cond, w_emb)
-        # 7. L2 (or pseudo-Huber) between the two
-        loss = self.distance(pred, target, t_start)
+        # 7. L2 (or pseudo-Huber) between the two; 8. optional reward feedback (ReFL) on the student's output
+        losses = {"consistency": self.distance(pred, target, t_start)}
+        loss = losses["consistency"] + self.feedback.add(losses, bb, x0, cond, batch.get("prompt"),
+                                                         lambda x, t, c: self.consistency(bb.unet, x, t, c, w_emb))
         self.count_images(x0.shape[0])
-        self.log_losses({"consistency": loss}, x0.shape[0])
+        self.log_losses(losses, x0.shape[0])
         return loss
 
     def optimizer_step(self, *args, **kwargs):

@@ -42,10 +42,9 @@ Optional terms (off by default):
   against real q(x_{t_e} | x0), judged by the backbone's D (`Backbone.build_discriminator`; for a UNet the teacher
   UNet's encoder, conditioned on t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and
   `d_real`, `d_fake`).
-- `reward` (a reward model's spec, e.g. {name: aesthetic, weights: ..., clip_pretrained: openai}: the LAION aesthetic
-  predictor of the evaluation, fastgen/eval/rewards.py), built by the entry point (`fastgen.build.instantiate_method`)
-  and passed in as `reward_fn` (pixels in [-1, 1], prompts -> differentiable scores [B]), with `reward_weight`: the hinge
-  reward_weight·mean(relu(reward_margin − score)) on the decoded student x̂0(x_{t_n}); logged as `reward`.
+- `reward` (a reward model's spec, fastgen/eval/rewards.py) with `reward_weight`, `reward_t_range`, `reward_margin`:
+  Hyper-SD's human-feedback term (Sec. 3.3), ReFL on the student's x̂0 at a timestep in the range
+  (fastgen/methods/feedback.py), added to the consistency loss (which stays on); logged as `refl`.
 
 Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of a stage is what that stage was trained
 for), the last step to the clean sample; guidance 0 (one evaluation per step). `sample_eta` = γ > 0 gives TCD's
@@ -58,7 +57,6 @@ Deviations / open choices:
   TCDScheduler end at t = 0 (σ_0 ≈ 0.03).
 - Teacher CFG scale `teacher_guidance_scale` 7.5 (SD1.5's default; Hyper-SD does not state it); the
   unconditional branch is the empty prompt. Stage lengths and the adversarial/reward weights are config values.
-- ImageReward feedback is not implemented (the reward hook is `reward_loss`).
 
 Hyper-SD's other parts (both off by default):
 - `final_stage: dmd` (Sec. 3.3): after the last segment stage, to the end of the run, the student's one-step sample
@@ -66,8 +64,9 @@ Hyper-SD's other parts (both off by default):
   the frozen teacher with CFG at `dmd_real_guidance_scale`, fake score = a trained copy of the teacher updated every
   step, the student every `dmd_fake_updates_per_g`-th), + `dmd_mse_weight`·MSE to the teacher's DPM-Solver++ output
   from the same z (`dmd_mse_steps`; DMD's regression — the paper names an MSE term without its target: open choice),
-  + the reward hinge when set. Losses `dm`, `mse`, `reward`, `fake_denoise`; `segments_now` = 0 there. Its one-step
-  rows are `tscd@dmd`, beside the k = 1 stage's `tscd` row. The fake score is a full copy even for a LoRA student.
+  + the feedback term on that one-step sample when `reward_weight` > 0 (`refl`). Losses `dm`, `mse`, `refl`,
+  `fake_denoise`; `segments_now` = 0 there. Its one-step rows are `tscd@dmd`, beside the k = 1 stage's `tscd` row.
+  The fake score is a full copy even for a LoRA student.
 - `unified_eta: γ`: rows `tscd@unified`, the final model at every N sampled as diffusers' TCDScheduler does with
   eta = γ (`unified_sampling`: the γ-steps, the last one to t = 0), the sampler Hyper-SD ships its unified LoRA with.
 """
@@ -81,7 +80,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fastgen.atomic_write import save_torch_atomic
 from fastgen.core import (
@@ -90,6 +88,7 @@ from fastgen.core import (
 )
 from fastgen.methods.adversarial import adversarial_phase
 from fastgen.methods.base import FINAL_MODEL, RowSource
+from fastgen.methods.feedback import RewardFeedback
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
     empty_prompt_cond,
@@ -111,13 +110,6 @@ def segment_boundary(t: torch.Tensor, k: int, T: int = 1000) -> torch.Tensor:
     tau = torch.tensor([round(j * T / k) for j in range(k + 1)], device=t.device)
     j = torch.bucketize(t + 1, tau, right=False) - 1
     return tau[j] - 1
-
-
-def decode_with_grad(backbone, x0: torch.Tensor) -> torch.Tensor:
-    """Model space -> pixels in [-1, 1], differentiable (Backbone.decode runs under no_grad)."""
-    if backbone.vae is None:
-        return x0
-    return backbone.vae.decode((x0 / backbone.vae_scaling_factor).to(backbone.vae.dtype)).sample.float()
 
 
 def load_full_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -168,7 +160,8 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         reward: dict | None = None,
         reward_fn=None,
         reward_weight: float = 0.0,
-        reward_margin: float = 6.0,
+        reward_t_range: tuple[int, int] = (0, 999),
+        reward_margin: float | None = None,
         sample_eta: float = 0.0,
         unified_eta: float | None = None,
         final_stage: str | None = None,
@@ -194,16 +187,11 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
             raise ValueError(f"method.unified_eta (TCD's gamma of the tscd@unified rows) must be null or in [0, 1], got {unified_eta}")
         self._check_final_stage()
         self.row_eta: float | None = None  # γ of the rows being sampled (None: sample_eta); set by final_model_sampler
-        if reward is not None and reward_fn is None:
-            raise ValueError(f"method.reward={reward} asks for a reward model that was not passed in: build the method "
-                             "with fastgen.build.instantiate_method (as fastgen.fit and fastgen.evaluate do)")
-        if reward_weight and reward_fn is None:
-            raise ValueError("method.reward_weight > 0 needs a reward model: set method.reward (e.g. {name: aesthetic, "
-                             "weights: /path/to/sac+logos+ava1-l14-linearMSE.pth, clip_pretrained: openai})")
+        self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
+                                                   backbone.num_train_timesteps)
         self.adv_weights = list(adv_weights) if adv_weights else None
         if self.adv_weights:
             self.discriminator = backbone.build_discriminator()  # the teacher's encoder, fp32, trainable
-        self.reward_fn = reward_fn
         self.fake_unet = None
         if final_stage == "dmd":  # the fake score starts from the teacher (fp32 and without LoRA, whatever the student)
             real_scale = teacher_guidance_scale if dmd_real_guidance_scale is None else dmd_real_guidance_scale
@@ -420,12 +408,6 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         return student, x0_hat, target, t_end
 
     # -- training ------------------------------------------------------------------------------------
-    def reward_loss(self, x0_hat: torch.Tensor, prompts) -> torch.Tensor:
-        """The feedback term on a student x̂0 (model space), decoded with its graph: the hinge
-        mean(relu(reward_margin − reward_fn(pixels, prompts))). Both stages use it (the hook a feedback stage replaces)."""
-        score = self.reward_fn(decode_with_grad(self.backbone, x0_hat), prompts)
-        return F.relu(self.hparams.reward_margin - score).mean()
-
     def named_optimizers(self) -> dict:
         """The student's optimizer `g`, the discriminator's `d` (adversarial term) and the fake score's `fake` (DMD stage)."""
         opts = self.optimizers()
@@ -458,10 +440,8 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         if adv_weight:
             losses["adv"] = g_loss_softplus(self.discriminator(student, t_end.clamp(min=0), cond))
             loss = loss + adv_weight * losses["adv"]
-        # 4. optional reward hinge on the decoded student x̂0
-        if hp.reward_weight:
-            losses["reward"] = self.reward_loss(x0_hat, batch.get("prompt"))
-            loss = loss + hp.reward_weight * losses["reward"]
+        # 4. optional reward feedback (ReFL) on the student's x̂0 at a late timestep
+        loss = loss + self.feedback.add(losses, bb, x0, cond, batch.get("prompt"), lambda x, t, c: bb.denoise(bb.unet, x, t, c)[0])
         # 5. generator step, then the EMA target
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -485,13 +465,13 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
     # -- the DMD stage (Hyper-SD Sec. 3.3): DMD on the one-step student, + MSE to the teacher, + feedback ----------
     def dmd_generator_losses(self, x0_gen, z, cond, uncond, prompts) -> dict[str, torch.Tensor]:
         """`dm` (the distribution-matching loss, DMD eqs. 7–8), `mse` (dmd_mse_weight·‖x̂0 − the teacher's ODE output
-        from z‖², DMD's regression) and `reward` (reward_weight·`reward_loss`), each weighted."""
+        from z‖², DMD's regression) and `refl` (the feedback term on the one-step sample), each weighted."""
         hp = self.hparams
         losses = {"dm": distribution_matching_loss(x0_gen, self.dm_gradient(x0_gen.detach(), cond, uncond))}
         if hp.dmd_mse_weight:
             losses["mse"] = hp.dmd_mse_weight * mse(x0_gen, self.regression_target(z, prompts, hp.dmd_mse_steps))
-        if hp.reward_weight:
-            losses["reward"] = hp.reward_weight * self.reward_loss(x0_gen, prompts)
+        if self.feedback:
+            losses["refl"] = self.feedback.loss(self.backbone, x0_gen, prompts)
         return losses
 
     def dmd_training_step(self, x0, cond, uncond, prompts, opts) -> dict[str, torch.Tensor]:

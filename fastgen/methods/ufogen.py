@@ -27,6 +27,8 @@ Losses logged (each is a term of the summed objective of its phase, logged as `t
     d_real  adversarial term on real x_s            d_fake  adversarial term on fake x'_s (G detached)
     d_r1    (γ_R1/2)·‖∇_{x_s} D(x_s)‖², lazily every `r1_every` D steps, when r1_gamma > 0
     g_adv   generator adversarial term on x'_s      g_rec   λ_rec · γ_t · ‖x0 − x̂0‖² (mean over elements)
+    refl    reward feedback (ReFL) on G's x̂0 at a timestep in `reward_t_range`, in the G phase only, with
+            `reward`, `reward_weight`, `reward_margin` (fastgen/methods/feedback.py); g_rec and g_adv stay on
 GAN form (`gan_loss`): "softplus" (non-saturating, default) or "clamped_bce" — the author's BCE-with-logits
 with logits clamped at a 0.5 margin (fastgen.core.gan_losses).
 
@@ -76,6 +78,7 @@ from fastgen.methods.adversarial import (
     adversarial_phase, check_r1_options, discriminator_losses, lazy_r1_weight, prepare_discriminator_for_r1,
 )
 from fastgen.methods.base import FewStepMethod
+from fastgen.methods.feedback import RewardFeedback
 
 GAN_LOSSES = {"softplus": (d_loss_softplus, g_loss_softplus), "clamped_bce": (d_loss_clamped_bce, g_loss_clamped_bce)}
 REC_WEIGHTINGS = ("uniform", "snr")
@@ -124,10 +127,17 @@ class UFOGen(FewStepMethod):
         max_grad_norm: float | None = 1.0,
         eval_teacher: bool = True,
         teacher_guidance_scale: float = 7.5,
+        reward: dict | None = None,
+        reward_fn=None,
+        reward_weight: float = 0.0,
+        reward_t_range: tuple[int, int] = (0, 999),
+        reward_margin: float | None = None,
     ):
         super().__init__(backbone)
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "reward_fn"])
         self._check_config()
+        self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
+                                                   backbone.num_train_timesteps)
         self.automatic_optimization = False
         unet = backbone.unet
         # D and the teacher copy start from the pretrained UNet, before any LoRA adapter is injected
@@ -194,8 +204,8 @@ class UFOGen(FewStepMethod):
         return discriminator_losses(self.discriminator, real, fake, s, cond, r1_weight=r1_weight, loss_fn=self.d_loss_fn,
                                     r1_sigma=self.hparams.r1_sigma)
 
-    def g_losses(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`g_adv` on a fresh fake x'_s ~ q(x_s | x̂0), `g_rec` = λ_rec·γ_t·‖x0 − x̂0‖²."""
+    def g_losses(self, x0: torch.Tensor, cond: torch.Tensor, prompts=None) -> dict[str, torch.Tensor]:
+        """`g_adv` on a fresh fake x'_s ~ q(x_s | x̂0), `g_rec` = λ_rec·γ_t·‖x0 − x̂0‖², and `refl` with feedback."""
         t, s = self.draw_times(x0.shape[0], x0.device)
         _, x0_hat, noise, eps_hat = self.predict_x0(x0, t, cond)
         g_adv = self.g_loss_fn(self.discriminator(self.fake_from(x0_hat, s), s, cond))
@@ -203,7 +213,10 @@ class UFOGen(FewStepMethod):
             rec = F.mse_loss(eps_hat, noise.float())
         else:
             rec = F.mse_loss(x0_hat, x0.float())
-        return {"g_adv": g_adv, "g_rec": self.hparams.lambda_rec * rec}
+        losses = {"g_adv": g_adv, "g_rec": self.hparams.lambda_rec * rec}
+        bb = self.backbone
+        self.feedback.add(losses, bb, x0, cond, prompts, lambda x, t, c: bb.denoise(bb.unet, x, t, c)[0])
+        return losses
 
     # -- one optimisation phase each --------------------------------------------------------------------------
     def d_step(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -214,10 +227,10 @@ class UFOGen(FewStepMethod):
         d_opt = self.optimizers()[1]
         return adversarial_phase(self, d_opt, lambda: self.d_losses(x0, cond, r1_weight), hp.max_grad_norm)
 
-    def g_step(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+    def g_step(self, x0: torch.Tensor, cond: torch.Tensor, prompts=None) -> dict[str, torch.Tensor]:
         """One generator update (D frozen) on a fresh t and fresh noise, then the EMA update."""
         g_opt = self.optimizers()[0]
-        losses = adversarial_phase(self, g_opt, lambda: self.g_losses(x0, cond), self.hparams.max_grad_norm)
+        losses = adversarial_phase(self, g_opt, lambda: self.g_losses(x0, cond, prompts), self.hparams.max_grad_norm)
         self.update_ema(self.ema_unet, self.backbone.unet, self.hparams.ema_decay)
         return losses
 
@@ -229,8 +242,8 @@ class UFOGen(FewStepMethod):
         # 2. discriminator phase every `d_every` training steps: real x_s vs fake x'_s ~ q(x_s | x̂0)
         if int(self.train_steps) % self.hparams.d_every == 0:
             losses.update(self.d_step(x0, cond))
-        # 3. generator phase on a fresh t and noise: adversarial + reconstruction; EMA of G
-        losses.update(self.g_step(x0, cond))
+        # 3. generator phase on a fresh t and noise: adversarial + reconstruction (+ reward feedback); EMA of G
+        losses.update(self.g_step(x0, cond, batch.get("prompt")))
         # 4. bookkeeping: steps, images seen, named losses
         self.train_steps += 1
         self.count_images(x0.shape[0])
