@@ -180,3 +180,44 @@ def test_controlnet_training_says_what_is_missing(experiment_cfg, tmp_path):
         lcm = experiment_cfg("lcm_mnist", "method.export_dir=null")
         generator_checkpoint(lcm, tmp_path / "lcm.ckpt")
         run(experiment_cfg("controlnet_ufogen_mnist", f"method.controlnet.generator_ckpt={tmp_path}/lcm.ckpt"))
+
+
+def test_a_trained_controlnet_runs_in_diffusers_controlnet_pipeline(tmp_path):
+    """A ControlNet trained with UFOGen's objective on a tiny SD1.5-format generator, written by ControlFromBatch,
+    gives in StableDiffusionControlNetPipeline (on the generator's export) the images fastgen samples with it."""
+    import copy
+
+    import lightning as L
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
+    from torch.utils.data import DataLoader
+
+    from fastgen.eval.run_eval import eval_noise, sampler_generators
+    from fastgen.generation.controlnet import attach_controlnet
+    from fastgen.generation.export import export_method
+    from fastgen.generation.sampling import sample_pixels
+    from fastgen.methods.controlnet import ControlFromBatch, add_controlnet
+    from fastgen.methods.ufogen import UFOGen
+    from fastgen.networks import build_random
+
+    prompts = ["a red square", "a small blue circle"]
+    method = UFOGen(build_random("tiny_latent", seed=0), eval_teacher=False, lr_g=0.05, ema_decay=0.0)
+    generator = copy.deepcopy(method).eval()  # the frozen generator, sampled with the ControlNet at sampling time
+    pipe = StableDiffusionPipeline.from_pretrained(export_method(generator, tmp_path / "pipe"), safety_checker=None)
+    add_controlnet(method, conditioning_channels=3)
+    g = torch.Generator().manual_seed(0)
+    images, controls = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1, torch.rand(4, 3, 32, 32, generator=g).round()
+    data = [{"image": images[i], "prompt": prompts[i % 2], "control": controls[i]} for i in range(4)]
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ControlFromBatch(tmp_path / "controlnet")])
+    trainer.fit(method, DataLoader(data, batch_size=2))
+    controlnet = load_controlnet(tmp_path / "controlnet")
+    control, indices, seed = controls[:1], torch.arange(2), 3
+    plain = (sample_pixels(generator, prompts, indices, 2, seed) + 1) / 2
+    with attach_controlnet(generator, controlnet, control):
+        ours = (sample_pixels(generator, prompts, indices, 2, seed) + 1) / 2
+    pipe = StableDiffusionControlNetPipeline(**pipe.components, controlnet=controlnet)
+    theirs = pipe(prompts, image=control, num_inference_steps=2, guidance_scale=0.0, output_type="pt",
+                  latents=eval_noise(indices, (4, 16, 16), seed), generator=sampler_generators(indices, seed)).images
+    assert (ours - theirs).abs().max() < 1e-4
+    assert (ours - plain).abs().max() > 1e-3  # the trained ControlNet changes the images
