@@ -120,6 +120,10 @@ def test_ufogen_trains_only_its_controlnet_and_round_trips(experiment_cfg, tmp_p
     # trained method samples with the control on its ControlledUNets
     saved = load_controlnet(run_dir / "controlnet")
     assert all(torch.equal(v, sampling_controlnet(trained).state_dict()[k]) for k, v in saved.state_dict().items())
+    from fastgen.generation.export import export_method  # python -m fastgen.export ckpt=... format=controlnet
+
+    exported = load_controlnet(export_method(loaded, tmp_path / "exported", "controlnet"))
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in exported.state_dict().items())
     from PIL import Image
 
     digits, _ = MNISTDataModule().train_labelled("heldout")
