@@ -4,7 +4,7 @@
 
 For each held-out digit d (the first --n of the held-out split) the prompt asks for (d + 5) mod 10. Each method samples
 with `fastgen.generation.sampling.img2img` from the digit at strengths 0.2 ... 1.0 (sample i: the evaluation's noise
-and sampler generator of index i at seed 0). Per (method, steps, strength): prompt accuracy (the shipped digit
+and sampler generator of index i at --seed, default 0). Per (method, steps, strength): prompt accuracy (the shipped digit
 classifier reads the asked digit), source kept (it still reads d), SSIM and mean |x - input| (pixels in [-1, 1]) to
 the input digit. Methods: the checkpoint (UFOGen) at 1/2/4 steps, the teacher with DPM-Solver++ (CFG 2) at 8 and 25
 (`--steps`, `--teacher-steps`). Rows are written as they come.
@@ -36,15 +36,15 @@ def teacher_baseline(backbone):
 
 
 @torch.no_grad()
-def run(method, x0, labels, steps, strength, batch=50):
+def run(method, x0, labels, steps, strength, batch=50, seed=0):
     targets = (labels + 5) % 10
     prompts = [digit_prompt(int(t)) for t in targets]
     out = []
     for start in range(0, len(x0), batch):
         idx = torch.arange(start, min(start + batch, len(x0)))
-        noise = eval_noise(idx, x0.shape[1:], 0)
+        noise = eval_noise(idx, x0.shape[1:], seed)
         out.append(img2img(method, x0[idx], [prompts[i] for i in idx], steps, strength, noise,
-                           sampler_generators(idx, 0)).clamp(-1, 1))
+                           sampler_generators(idx, seed)).clamp(-1, 1))
     return torch.cat(out), targets
 
 
@@ -54,7 +54,10 @@ def main():
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--out", default="benchmarks")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="the checkpoint's step counts")
-    parser.add_argument("--teacher-steps", type=int, nargs="+", default=[8, 25], help="DPM-Solver++ step counts")
+    parser.add_argument("--teacher-steps", type=int, nargs="*", default=[8, 25],
+                        help="DPM-Solver++ step counts (none: no teacher rows)")
+    parser.add_argument("--name", default="img2img_mnist", help="basename of the CSV and PNG written")
+    parser.add_argument("--seed", type=int, default=0, help="sample i: the evaluation's noise of index i at this seed")
     args = parser.parse_args()
     torch.manual_seed(0)
     dm = MNISTDataModule()
@@ -75,20 +78,21 @@ def main():
     for name, method, steps in runs:
         for strength in STRENGTHS:
             t0 = time.time()
-            x, targets = run(method, x0, labels, steps, strength)
+            x, targets = run(method, x0, labels, steps, strength, seed=args.seed)
             pred = predict(classifier, x)
-            rows.append(dict(method=name, steps=steps, strength=strength, start_t=method.start_time(strength),
+            rows.append(dict(method=name, steps=steps, strength=strength, seed=args.seed,
+                             start_t=method.start_time(strength),
                              prompt_accuracy=(pred == targets).float().mean().item(),
                              source_kept=(pred == labels).float().mean().item(),
                              ssim=ssim(x, x0, data_range=2.0).item(), l1=(x - x0).abs().mean().item(),
                              seconds=round(time.time() - t0, 1)))
             print(rows[-1], flush=True)
-            pd.DataFrame(rows).to_csv(Path(args.out) / "img2img_mnist.csv", index=False, float_format="%.3f")
-            if steps == min(args.steps) or steps == min(args.teacher_steps):
+            pd.DataFrame(rows).to_csv(Path(args.out) / f"{args.name}.csv", index=False, float_format="%.3f")
+            if steps == min(args.steps) or steps == min(args.teacher_steps, default=None):
                 picture.append(x[:8])
     out = Path(args.out)
     grid = make_grid(torch.cat([p.cpu() for p in picture]) * 0.5 + 0.5, nrow=8, padding=2, pad_value=0.5)
-    save_image(grid, out / "img2img_mnist.png")
+    save_image(grid, out / f"{args.name}.png")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ checkpoint's rebuild (`fastgen.eval.checkpoint`) and the latency pass alike.
 
 It instantiates `cfg.method` (Hydra) around the backbone and injects what a method does not build itself: a reward
 model, when the method config has a `reward` spec ({name: aesthetic, ...}, built by `fastgen.eval.rewards`) — it is
-passed as `reward_fn`, so nothing under fastgen/methods imports fastgen/eval.
+passed as `reward_fn`, so nothing under fastgen/methods imports fastgen/eval; and a ControlNet to train, when it has a
+`controlnet` spec (`fastgen.methods.controlnet.add_controlnet`: the generator frozen, the method's objective).
 """
 
 from __future__ import annotations
@@ -12,13 +13,29 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 
-def instantiate_method(method_cfg, backbone):
-    """The method `method_cfg` (a DictConfig or plain dict with `_target_`) describes, around `backbone`."""
+def plain(spec):
+    return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
+
+
+def instantiate_method(method_cfg, backbone, load_weights: bool = True):
+    """The method `method_cfg` (a DictConfig or plain dict with `_target_`) describes, around `backbone`.
+    `load_weights=False`: a rebuild from a checkpoint that holds every weight (no generator or ControlNet files read)."""
     reward = method_cfg.get("reward")
+    controlnet = method_cfg.get("controlnet")
     injected = {}
     if reward is not None:
         from fastgen.eval.rewards import build_reward
 
-        spec = OmegaConf.to_container(reward, resolve=True) if isinstance(reward, DictConfig) else reward
-        injected["reward_fn"] = build_reward(spec)
-    return instantiate(method_cfg, backbone=backbone, _convert_="all", **injected)
+        injected["reward_fn"] = build_reward(plain(reward))
+    if controlnet is not None:
+        method_cfg = {k: v for k, v in plain(method_cfg).items() if k != "controlnet"}
+    method = instantiate(method_cfg, backbone=backbone, _convert_="all", **injected)
+    if controlnet is not None:
+        from fastgen.methods.controlnet import SPEC_KEYS, add_controlnet
+
+        spec = plain(controlnet)
+        unknown = sorted(set(spec) - set(SPEC_KEYS))
+        if unknown:
+            raise ValueError(f"method.controlnet: unknown keys {unknown} (known: {list(SPEC_KEYS)})")
+        add_controlnet(method, **spec, load_weights=load_weights)
+    return method

@@ -1,9 +1,9 @@
-"""`python -m fastgen.export ckpt=PATH out=DIR [format=pipeline|unet|lora]`
+"""`python -m fastgen.export ckpt=PATH out=DIR [format=pipeline|unet|lora|controlnet]`
 
 Write a trained method's sampling network for diffusers: a StableDiffusionPipeline folder whose scheduler
 reproduces the method's sampler (fastgen/generation/export.py says which, and `fastgen_export.json` the call
 arguments), the UNet alone (`UNet2DConditionModel.from_pretrained(DIR)`), or its LoRA
-(`pipe.load_lora_weights(DIR)`).
+(`pipe.load_lora_weights(DIR)`); for a `method.controlnet` run, its ControlNet (`ControlNetModel.from_pretrained(DIR)`).
 """
 
 import sys

@@ -39,6 +39,10 @@ def build_callbacks(cfg: DictConfig, own_checkpoint: bool = True) -> list[L.Call
     `own_checkpoint`: resuming from this run's checkpoint (so the run's CSV log is continued from it)."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += [StopAtKimg(cfg.trainer.get("max_kimg")), ResumeState(log=own_checkpoint), CheckpointOnStop()]
+    if cfg.method.get("controlnet") is not None:  # the batch's control image in; <run>/controlnet out at the end
+        from fastgen.methods.controlnet import ControlFromBatch
+
+        callbacks.append(ControlFromBatch(Path(cfg.paths.output_dir) / "controlnet"))
     if cfg.eval.get("enabled", False):
         from fastgen.eval.callback import FewStepEval
 

@@ -14,6 +14,9 @@ times; one channel, scaled to [-1, 1] for training (`reference_images` gives the
 Prompts: `digit_prompt(d)` = "a handwritten digit <word>" is canonical; training may draw from several
 `templates` (format fields `{word}` and/or `{digit}`); `label_from_prompt` inverts the canonical one and is
 what the prompt-accuracy metric uses.
+
+Control images (`control: mask | edges`, for ControlNet training): each batch also holds `control`, the digit's
+coarse mask or dilated edge map (`fastgen.data.controls`), computed from the (flipped, when `hflip`) image itself.
 """
 
 import functools
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from fastgen.data.controls import CONTROLS, control_map
 from fastgen.data.errors import DataError
 from fastgen.data.loading import shuffled_loader, uint8_to_pixels
 
@@ -99,10 +103,11 @@ def split_indices(seed=0):
 
 
 class DigitPromptDataset(Dataset):
-    """(image in [-1, 1], prompt from a random template, label) for each digit image held in memory."""
+    """(image in [-1, 1], prompt from a random template, label[, control]) for each digit image held in memory."""
 
-    def __init__(self, images, labels, templates, hflip):
+    def __init__(self, images, labels, templates, hflip, control=None):
         self.images, self.labels, self.templates, self.hflip = images, labels, templates, hflip
+        self.control = control
 
     def __len__(self):
         return len(self.labels)
@@ -113,19 +118,25 @@ class DigitPromptDataset(Dataset):
             image = image.flip(-1)
         template = self.templates[int(torch.randint(len(self.templates), ()))]
         prompt = template.format(word=DIGIT_WORDS[label], digit=label)
-        return {"image": image, "prompt": prompt, "label": torch.tensor(label, dtype=torch.long)}
+        item = {"image": image, "prompt": prompt, "label": torch.tensor(label, dtype=torch.long)}
+        if self.control is not None:
+            item["control"] = control_map(image, self.control)
+        return item
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST-5k at 32x32, one channel: batches {"image", "prompt", "label"} plus the evaluation hooks."""
+    """MNIST-5k at 32x32, one channel: batches {"image", "prompt", "label"[, "control"]} plus the evaluation hooks."""
 
     name = "mnist"
     resolution = 32
 
-    def __init__(self, batch_size=64, num_workers=0, split_seed=0, templates=None, hflip=False):
+    def __init__(self, batch_size=64, num_workers=0, split_seed=0, templates=None, hflip=False, control=None):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size, self.num_workers, self.split_seed, self.hflip = batch_size, num_workers, split_seed, hflip
+        if control is not None and control not in CONTROLS:
+            raise DataError(f"data.control={control!r} is not one of {list(CONTROLS)} (or null: no control images)")
+        self.control = control
         self.templates = list(templates) if templates else [CANONICAL_TEMPLATE]
         for i, template in enumerate(self.templates):
             try:
@@ -153,7 +164,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         images, labels = self._split("train")
-        dataset = DigitPromptDataset(uint8_to_pixels(images), labels, self.templates, self.hflip)
+        dataset = DigitPromptDataset(uint8_to_pixels(images), labels, self.templates, self.hflip, self.control)
         return shuffled_loader(dataset, self.batch_size, self.num_workers)
 
     def reference_images(self, split="heldout", n=None):

@@ -41,7 +41,7 @@ def method_from_checkpoint(ckpt_path, device="cpu"):
     checkpoint = read_checkpoint_header(ckpt_path, "ckpt")  # tensors memory-mapped; a truncated file: one line
     config = checkpoint_config(ckpt_path, checkpoint)
     backbone = instantiate(config["model"])
-    method = instantiate_method(config["method"], backbone)
+    method = instantiate_method(config["method"], backbone, load_weights=False)  # the checkpoint holds every weight
     method.load_state_dict(checkpoint["state_dict"])
     method.run_config = config
     method.checkpoint_dir = ckpt_path.parent  # files a method keeps beside its checkpoints (TSCD's stage weights)

@@ -36,7 +36,13 @@ def controlnet_for(unet: nn.Module, conditioning_channels: int = 3, downsample: 
         raise ValueError(f"the control image's downsampling factor must be a power of 2, got {factor}")
     channels = tuple(16 * 2**i for i in range(levels + 1))
     kwargs = dict(conditioning_channels=conditioning_channels, conditioning_embedding_out_channels=channels)
-    return ControlNetModel.from_unet(unet, load_weights_from_unet=from_unet, **kwargs)
+    controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False, **kwargs)
+    if from_unet:  # as diffusers' from_unet, but a UNet with a `timestep_cond` input (LCM's ω) leaves it out
+        weights = {k: v for k, v in unet.state_dict().items() if not k.startswith("time_embedding.cond_proj.")}
+        missing = controlnet.load_state_dict(weights, strict=False).missing_keys
+        if any(not k.startswith("controlnet_") for k in missing):  # only its own cond embedding and zero convs are new
+            raise RuntimeError(f"the ControlNet's encoder does not match the UNet's: missing {missing[:5]}")
+    return controlnet
 
 
 def load_controlnet(path, device=None):

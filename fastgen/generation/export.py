@@ -33,7 +33,7 @@ from pathlib import Path
 
 from torch import nn
 
-FORMATS = ("pipeline", "unet", "lora")
+FORMATS = ("pipeline", "unet", "lora", "controlnet")
 UFOGEN_TIMESTEP_SCALING = 1.0e6  # c_skip(t) = 0.25 / ((1e6 t)^2 + 0.25) < 3e-13 for t >= 1: the step is x̂0
 
 
@@ -43,7 +43,8 @@ def sampling_unet(method) -> nn.Module:
     for name in ("sampling_unet", "ema_unet"):
         unet = getattr(method, name, None)
         if isinstance(unet, nn.Module):
-            return unet
+            # a method.controlnet run's ControlledUNet: the frozen generator inside it
+            return unet.unet if isinstance(getattr(unet, "controlnet", None), nn.Module) else unet
     return method.backbone.unet
 
 
@@ -149,11 +150,17 @@ def export_pipeline(method, out_dir) -> Path:
 
 
 def export_method(method, out_dir, fmt: str = "pipeline") -> Path:
-    """Write `method`'s sampling network to `out_dir` as `fmt` (pipeline | unet | lora)."""
+    """Write `method`'s sampling network to `out_dir` as `fmt` (pipeline | unet | lora), or the ControlNet a
+    `method.controlnet` run trained (controlnet: a ControlNetModel folder, as `<run>/controlnet`)."""
     from fastgen.methods.consistency_common import export_unet, save_lora
+    from fastgen.methods.controlnet import controlled_networks, sampling_controlnet, save_controlnet
 
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r} is not one of {list(FORMATS)}")
+    if fmt == "controlnet":
+        if not controlled_networks(method):
+            raise ValueError(f"{method.name} was not trained with method.controlnet: no ControlNet to export")
+        return save_controlnet(sampling_controlnet(method), out_dir)
     if fmt == "pipeline":
         return export_pipeline(method, out_dir)
     unet = sampling_unet(method)
