@@ -128,7 +128,7 @@ def load_full_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) ->
 
 class TSCD(DistributionMatching, ConsistencyDistillation):
     name = "tscd"
-    _unified = False  # True inside `unified_sampling`
+    _row_sampler: tuple[float, int] | None = None  # (γ, last step's end) inside `row_sampler`; None: sample_eta, −1
     sharded_networks = ("backbone.unet", "target_unet", "discriminator", "fake_unet")
 
     @property
@@ -186,7 +186,6 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         if unified_eta is not None and not 0.0 <= unified_eta <= 1.0:
             raise ValueError(f"method.unified_eta (TCD's gamma of the tscd@unified rows) must be null or in [0, 1], got {unified_eta}")
         self._check_final_stage()
-        self.row_eta: float | None = None  # γ of the rows being sampled (None: sample_eta); set by final_model_sampler
         self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
                                                    backbone.num_train_timesteps)
         self.adv_weights = list(adv_weights) if adv_weights else None
@@ -366,23 +365,23 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         return [RowSource(("",), functools.partial(self.stage_weights, stage), name), *final, *unified]
 
     @contextlib.contextmanager
-    def unified_sampling(self):
-        """Inside the block `sample` runs diffusers' TCDScheduler with eta = `unified_eta` (the unified model's
-        sampler, Hyper-SD): TCD's γ-steps, the last one to t = 0 (not to the clean sample)."""
-        self._unified = True
+    def row_sampler(self, eta: float, end: int):
+        """Inside the block `sample` takes TCD's γ-steps with γ = `eta` and its last step to `end` (−1: the clean
+        sample; 0: t = 0, as diffusers' TCDScheduler)."""
+        self._row_sampler = (float(eta), end)
         try:
             yield
         finally:
-            self._unified = False
+            self._row_sampler = None
 
-    @contextlib.contextmanager
+    def unified_sampling(self):
+        """diffusers' TCDScheduler with eta = `unified_eta` (the unified model's sampler, Hyper-SD): TCD's γ-steps,
+        the last one to t = 0 (not to the clean sample)."""
+        return self.row_sampler(self.hparams.unified_eta, 0)
+
     def final_model_sampler(self):
-        """Inside the block `sample` uses TCD's γ = `final_sample_eta` (the final model's rows)."""
-        self.row_eta = float(self.hparams.final_sample_eta)
-        try:
-            yield
-        finally:
-            self.row_eta = None
+        """TCD's γ = `final_sample_eta`, the last step to the clean sample (the final model's rows)."""
+        return self.row_sampler(self.hparams.final_sample_eta, -1)
 
     # -- the DDIM map with a network's prediction ----------------------------------------------------
     def ddim_map(self, unet, x_t, t, s, cond):
@@ -525,13 +524,11 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
     @torch.no_grad()
     def sample(self, noise, prompts, steps, generator=None, t_start=None):
         """DDIM on the trailing grid (last step to the clean sample); TCD's γ-step when γ > 0 (`sample_eta`, or
-        `final_sample_eta` inside `final_model_sampler`); from
+        another γ and end inside `row_sampler`: `final_model_sampler`, `unified_sampling`); from
         `t_start` for image-to-image. Under `control()` the same steps with the teacher's CFG x̂0, ε̂ at
         `teacher_guidance_scale`."""
-        bb, end = self.backbone, -1
-        eta = self.hparams.sample_eta if self.row_eta is None else self.row_eta
-        if self._unified:  # diffusers' TCDScheduler: its last step goes to t = 0
-            eta, end = self.hparams.unified_eta, 0
+        bb = self.backbone
+        eta, end = (self.hparams.sample_eta, -1) if self._row_sampler is None else self._row_sampler
         start = bb.num_train_timesteps - 1 if t_start is None else t_start
         timesteps = trailing_timesteps(steps, start + 1).tolist()
         cond = bb.encode_prompts(prompts)
