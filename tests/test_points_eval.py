@@ -89,6 +89,7 @@ def test_higher_dimensional_points_are_plotted_in_the_held_out_principal_plane(b
 
 
 def test_points_metrics_refuse_image_data_and_too_few_samples(backbone, tmp_path):
+    from fastgen.eval.metrics import MetricSuite
     from fastgen.eval.points import PointsMetricSuite
 
     class NotPoints:
@@ -101,3 +102,5 @@ def test_points_metrics_refuse_image_data_and_too_few_samples(backbone, tmp_path
         real_data_row(dm, _settings(tmp_path, num_samples=8))
     with pytest.raises(ValueError, match="eval.metrics='pixels'"):
         run_eval(FromData(backbone, dm, "data"), dm, _settings(tmp_path, metrics="pixels"))
+    with pytest.raises(ValueError, match="holds points, not images: evaluate it with eval=points"):
+        MetricSuite.load(eval_settings(_settings(tmp_path, metrics="images")), dm)  # e.g. fastgen.evaluate without eval=points

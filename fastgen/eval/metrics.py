@@ -46,6 +46,9 @@ class MetricSuite:
             return PointsMetricSuite.load(settings, datamodule, device)
         if settings.metrics != "images":
             raise ValueError(f"eval.metrics={settings.metrics!r} is not one of ['images', 'points']")
+        if hasattr(datamodule, "points"):  # the points testbed's data (fastgen.data.points): no images to score
+            raise ValueError(f"data {datamodule.name!r} holds points, not images: evaluate it with eval=points "
+                             "(eval.metrics: points)")
         suite = cls(settings)
         if settings.fid.enabled:
             suite.inception = _cached_inception(settings.fid.weights, str(device))
