@@ -184,21 +184,37 @@ def test_default_distance_is_the_diffusers_scripts_l2(experiment_cfg, experiment
     torch.testing.assert_close(LCM.distance(method, a, b), torch.nn.functional.mse_loss(a, b))
 
 
-def test_inverse_sigma2_weighting_measures_the_residual_in_the_networks_output_units(tiny):
-    """λ(t)·σ_t² is the same at every t (a v-output error costs the same at t = 19 as at t = 999), λ averages 1 over
-    the solver grid, and the weighted distance is mean_b λ(t_b)·mean((a_b − b_b)²)."""
-    from fastgen.core import alpha_sigma, inverse_sigma2_weights, lcm_solver_grid
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_prediction_weighting_measures_the_residual_in_the_networks_output_units(prediction_type):
+    """Two network outputs a fixed δ apart, turned into x̂0 at different t: their x0-space residual times λ(t) is the
+    same at every t (v: λ ∝ 1/σ², ε: λ ∝ SNR, sample: λ = 1), and λ averages 1 over the solver grid."""
+    from fastgen.core import lcm_solver_grid, prediction_to_x0_eps, prediction_unit_weights, scaled_linear_alphas_cumprod
 
-    m = lcm(tiny, timestep_weighting="inverse_sigma2")
-    acp, grid = m.backbone.alphas_cumprod, lcm_solver_grid(1000, 50)
-    w = inverse_sigma2_weights(grid, acp, grid)
-    _, sigma = alpha_sigma(acp, grid, 1)
+    acp = scaled_linear_alphas_cumprod(1000)
+    grid = lcm_solver_grid(1000, 50)
+    w = prediction_unit_weights(grid, acp, grid, prediction_type)
     torch.testing.assert_close(w.mean(), torch.tensor(1.0))
-    product = w * sigma.reshape(-1).float() ** 2
-    torch.testing.assert_close(product, product[:1].expand_as(product))
+    gen = torch.Generator().manual_seed(0)
+    x_t, out = torch.randn(1, 8, generator=gen), torch.randn(1, 8, generator=gen)
+    costs = torch.stack([
+        w[i] * (prediction_to_x0_eps(out + 0.01, x_t, t.view(1), acp, prediction_type)[0]
+                - prediction_to_x0_eps(out, x_t, t.view(1), acp, prediction_type)[0]).pow(2).sum()
+        for i, t in enumerate(grid)])
+    torch.testing.assert_close(costs, costs[:1].expand_as(costs), rtol=1e-3, atol=0)
+
+
+def test_prediction_weighting_weights_each_samples_distance(tiny):
+    """The weighted distance is mean_b λ(t_b)·mean((a_b − b_b)²) with λ for the backbone's prediction type; the
+    default is unweighted (LCM)."""
+    from fastgen.core import lcm_solver_grid, prediction_unit_weights
+
+    m = lcm(tiny, timestep_weighting="prediction")
+    acp, grid = m.backbone.alphas_cumprod, lcm_solver_grid(1000, 50)
     a, b, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([19, 499, 999])
-    expected = (inverse_sigma2_weights(t, acp, grid) * ((a - b) ** 2).mean(dim=(1, 2, 3))).mean()
+    weights = prediction_unit_weights(t, acp, grid, m.backbone.prediction_type)
+    assert weights[0] > 10 * weights[2]  # the low-t end counts more
+    expected = (weights * ((a - b) ** 2).mean(dim=(1, 2, 3))).mean()
     torch.testing.assert_close(m.distance(a, b, t), expected)
     torch.testing.assert_close(lcm(tiny).distance(a, b, t), ((a - b) ** 2).mean())  # default: unweighted (LCM)
     with pytest.raises(ValueError, match="timestep_weighting"):
-        lcm(tiny, timestep_weighting="snr")
+        lcm(tiny, timestep_weighting="inverse_sigma2")

@@ -1,6 +1,6 @@
 """Pure tensor math shared by every method: schedules, the VP process, losses, EMA (imports torch only)."""
 from fastgen.core.consistency import (
-    consistency_output, guidance_scale_embedding, inverse_sigma2_weights, lcm_boundary_scalings,
+    consistency_output, guidance_scale_embedding, prediction_unit_weights, lcm_boundary_scalings,
 )
 from fastgen.core.diffusion import (
     PREDICTION_TYPES,
@@ -50,7 +50,7 @@ __all__ = [
     "append_dims",
     "classifier_free_guidance",
     "consistency_output",
-    "inverse_sigma2_weights",
+    "prediction_unit_weights",
     "copy_params_",
     "cosine_alphas_cumprod",
     "d_loss_clamped_bce",

@@ -37,13 +37,25 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int = 256) -> torch.Tensor:
     return torch.nn.functional.pad(emb, (0, dim % 2))
 
 
-def inverse_sigma2_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """λ(t) = σ_t⁻² / mean_{u ∈ grid} σ_u⁻², float32 [B]: an x0-space residual weighted by it is measured in units of
-    a v-prediction network's output (x̂0 = α_t x_t − σ_t v̂ moves by σ_t per unit of v̂), undoing the σ_t² by which an
-    unweighted x0-space loss discounts small t; normalised to mean 1 over `grid` (the start times drawn uniformly).
-    Cf. iCT's λ(σ_i) = 1/(σ_{i+1} − σ_i) (Song & Dhariwal 2023, arXiv 2310.14189, Sec. 3.4), also heavier at low noise."""
-    _, sigma = alpha_sigma(alphas_cumprod, t, 1)
-    _, sigma_grid = alpha_sigma(alphas_cumprod, grid.to(alphas_cumprod.device), 1)
-    if (sigma_grid == 0).any():
-        raise ValueError("inverse_sigma2_weights: the grid holds a time with σ = 0 (the clean sample)")
-    return (sigma.reshape(-1).float() ** -2 / (sigma_grid.float() ** -2).mean()).to(t.device)
+def prediction_unit_weights(t: torch.Tensor, alphas_cumprod: torch.Tensor, grid: torch.Tensor,
+                            prediction_type: str) -> torch.Tensor:
+    """λ(t) = (dx̂0/d output)⁻² / its mean over `grid`, float32 [B]: an x0-space residual weighted by it is measured in
+    units of the network's own output. x̂0 moves by σ_t per unit of v̂ (x̂0 = α_t x_t − σ_t v̂: λ ∝ σ_t⁻²), by σ_t/α_t
+    per unit of ε̂ (x̂0 = (x_t − σ_t ε̂)/α_t: λ ∝ α_t²/σ_t², the SNR) and by 1 per unit of a sample prediction (λ = 1),
+    so it undoes the factor by which an unweighted x0-space loss discounts small t; normalised to mean 1 over `grid`
+    (the start times drawn uniformly). Cf. iCT's λ(σ_i) = 1/(σ_{i+1} − σ_i) (Song & Dhariwal 2023, arXiv 2310.14189,
+    Sec. 3.4), also heavier at low noise."""
+    def inverse_gain(times):
+        alpha, sigma = alpha_sigma(alphas_cumprod, times, 1)
+        alpha, sigma = alpha.reshape(-1).float(), sigma.reshape(-1).float()
+        if prediction_type == "v_prediction":
+            return sigma ** -2
+        if prediction_type == "epsilon":
+            return alpha ** 2 / sigma ** 2
+        if prediction_type == "sample":
+            return torch.ones_like(sigma)
+        raise ValueError(f"prediction_unit_weights: unknown prediction_type {prediction_type!r}")
+
+    if (alpha_sigma(alphas_cumprod, grid.to(alphas_cumprod.device), 1)[1] == 0).any():
+        raise ValueError("prediction_unit_weights: the grid holds a time with σ = 0 (the clean sample)")
+    return (inverse_gain(t) / inverse_gain(grid.to(alphas_cumprod.device)).mean()).to(t.device)

@@ -9,8 +9,8 @@ so f_θ(x, 0) = x. Consistency distillation with a guided teacher solver (LCM eq
 on the 50-step DDIM grid {19, 39, ..., 999} with skipping step k = 20 (t_n = max(t_{n+k} − 20, 0)) and d the L2
 distance (`loss: l2`, the default of diffusers' LCM and LCM-LoRA scripts) or the element-wise pseudo-Huber
 distance (`loss: huber`, c = `huber_c` = 0.001) — an L1 loss wherever the residuals exceed c — averaged over the
-batch unweighted (`timestep_weighting: none`, LCM and diffusers) or weighted by λ(t_{n+k}) ∝ 1/σ²_{t_{n+k}}
-(`inverse_sigma2`, core.inverse_sigma2_weights; see Deviations).
+batch unweighted (`timestep_weighting: none`, LCM and diffusers) or weighted by λ(t_{n+k}) so that the residual is
+measured in the network's own output units (`prediction`, core.prediction_unit_weights; see Deviations).
 
 Variants (one class, chosen by config):
 - Full LCM (`lora_rank: null`): ω is drawn per sample and the student is conditioned on it — a new UNet with
@@ -42,11 +42,12 @@ Deviations / open choices:
   (diffusers' script leaves PyTorch's default random init).
 - The teacher's unconditional branch is the empty prompt's embedding (how fastgen teachers drop prompts).
 - ω defaults: s ∈ [6, 16] (ω ∈ [5, 15], the diffusers script; the paper uses ω ∈ [2, 14]); LoRA s = 8.5 (ω = 7.5).
-- `timestep_weighting: inverse_sigma2` (off by default) weights each sample's distance by σ⁻²_{t_{n+k}} (mean 1 over
-  the solver grid). Unweighted, an x0-space residual discounts small t by σ_t² relative to the network's own output
-  units (x̂0 = α_t x_t − σ_t v̂), so the student underfits the low-t end of the chain, where the boundary anchors it,
-  and its error there propagates to every t; samplers that end at a lower t (more steps) then get worse. Measured on
-  the points testbed (benchmarks/RESULTS.md, "Multistep consistency rows and UFOGen's one step").
+- `timestep_weighting: prediction` (off by default) weights each sample's distance by λ(t_{n+k}), mean 1 over the
+  solver grid, that turns the x0-space residual into the network's own output units: σ⁻² for v-prediction
+  (x̂0 = α_t x_t − σ_t v̂), α²/σ² (the SNR) for ε-prediction, 1 for sample prediction. Unweighted, the residual
+  discounts small t by that factor, so the student underfits the low-t end of the chain, where the boundary anchors
+  it, and its error there propagates to every t; samplers that end at a lower t (more steps) then get worse.
+  Measured on the points testbed (benchmarks/RESULTS.md, "Multistep consistency rows and UFOGen's one step").
 - `teacher_dtype: bf16` runs the frozen teacher in bf16 (the diffusers script casts it to the mixed-precision
   dtype); the student and its EMA stay fp32.
 """
@@ -56,7 +57,7 @@ from __future__ import annotations
 import torch
 
 from fastgen.core import (
-    append_dims, consistency_output, guidance_scale_embedding, inverse_sigma2_weights, lcm_solver_grid, lcm_timesteps,
+    append_dims, consistency_output, guidance_scale_embedding, lcm_solver_grid, lcm_timesteps, prediction_unit_weights,
     mse, pseudo_huber, q_sample,
 )
 from fastgen.methods.feedback import RewardFeedback
@@ -69,7 +70,7 @@ from fastgen.methods.consistency_common import (
 )
 
 LOSSES = ("huber", "l2")
-TIMESTEP_WEIGHTINGS = ("none", "inverse_sigma2")
+TIMESTEP_WEIGHTINGS = ("none", "prediction")
 
 
 def add_guidance_embedding(unet, dim: int):
@@ -159,13 +160,14 @@ class LCM(ConsistencyDistillation):
 
     def distance(self, a, b, t=None):
         """Mean over elements of (a − b)² (l2) or sqrt((a − b)² + c²) − c (huber), each sample weighted by λ(t) under
-        `timestep_weighting: inverse_sigma2` (`t`: the samples' start times [B])."""
+        `timestep_weighting: prediction` (`t`: the samples' start times [B])."""
         hp = self.hparams
         d = pseudo_huber(a, b, hp.huber_c, reduce=False) if hp.loss == "huber" else mse(a, b, reduce=False)
         if hp.get("timestep_weighting", "none") == "none":
             return d.mean()
         grid = lcm_solver_grid(self.backbone.num_train_timesteps, hp.num_ddim_timesteps)
-        return (append_dims(inverse_sigma2_weights(t, self.backbone.alphas_cumprod, grid), d.ndim) * d).mean()
+        weights = prediction_unit_weights(t, self.backbone.alphas_cumprod, grid, self.backbone.prediction_type)
+        return (append_dims(weights, d.ndim) * d).mean()
 
     # -- training ------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
