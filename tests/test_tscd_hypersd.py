@@ -6,6 +6,7 @@ TCDScheduler."""
 import copy
 import csv
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -13,6 +14,7 @@ import torch
 from test_ufogen import changed, snapshot  # the UFOGen tests' helpers
 from torch.utils.data import DataLoader
 
+import fastgen
 import fastgen.methods.tscd as tscd_module
 from fastgen.core import trailing_timesteps
 from fastgen.fit import run
@@ -71,6 +73,22 @@ def test_the_dmd_stage_follows_the_last_segment_stage_and_lasts_to_the_end(point
     plain = make(points, segments=[2, 1], final_stage=None)
     plain.images_seen.fill_(50_000)
     assert plain.advance_stage() == 1 and plain.num_stages == 2 and plain.fake_unet is None
+
+
+def test_the_dmd_stage_guides_its_real_score_as_dmd_does(points):
+    """The DMD stage's real-score CFG is DMD's own default (`method=dmd`'s real_guidance_scale), not the segment
+    stages' teacher_guidance_scale (7.5 on SD1.5), in the class and in the shipped config."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from fastgen.methods.dmd import DMD
+
+    configs = Path(fastgen.__file__).parent / "configs" / "method"
+    dmd_scale = OmegaConf.load(configs / "dmd.yaml").real_guidance_scale
+    assert OmegaConf.load(configs / "tscd.yaml").dmd_real_guidance_scale == dmd_scale
+    assert inspect.signature(DMD).parameters["real_guidance_scale"].default == dmd_scale
+    assert make(points, teacher_guidance_scale=7.5).real_guidance_scale == dmd_scale
 
 
 def test_bad_final_stage_options_name_the_config_key(points):
@@ -145,7 +163,7 @@ def test_the_generator_terms_dm_mse_and_feedback(points, tmp_path, monkeypatch):
     assert set(losses) == {"dm", "mse", "refl"}
     assert losses["mse"].item() == pytest.approx(2.0 * 0.0625)
     assert losses["refl"].item() == pytest.approx(0.5 * (1.0 - 0.5))
-    assert seen["unet"] is m.teacher_unet and seen["noise"] is z and seen["steps"] == 3 and seen["guidance"] == 1.0
+    assert seen["unet"] is m.teacher_unet and seen["noise"] is z and seen["steps"] == 3 and seen["guidance"] == m.real_guidance_scale == 1.75
     sum(losses.values()).backward()
     assert torch.isfinite(x0_gen.grad).all()
 
@@ -229,8 +247,9 @@ def test_the_dmd_stage_has_its_own_one_step_rows_beside_the_k1_stage(points, tmp
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 8])
 def test_the_unified_sampler_is_diffusers_tcd_scheduler(points, steps):
-    """Inside `unified_sampling` the sampler is TCDScheduler's (original_inference_steps = T) step for step: γ-steps
-    with fresh noise from the generator, the last to t = 0 — unlike the rows' DDIM to the clean sample."""
+    """Inside `unified_sampling` the sampler is the stock TCDScheduler's (its default original_inference_steps, 50, as
+    Hyper-SD's card loads it) step for step: its timesteps, γ-steps with fresh noise from the generator, the last to
+    t = 0 — unlike the rows' DDIM to the clean sample."""
     from diffusers import TCDScheduler
 
     m = make(points, final_stage=None, unified_eta=0.6).eval()
@@ -238,9 +257,10 @@ def test_the_unified_sampler_is_diffusers_tcd_scheduler(points, steps):
     noise = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
     with m.unified_sampling():
         ours = m.sample(noise, [PROMPT] * 3, steps, generator=torch.Generator().manual_seed(5))
-    scheduler = TCDScheduler(**bb.schedule, prediction_type=bb.prediction_type, original_inference_steps=1000)
+    scheduler = TCDScheduler(**bb.schedule, prediction_type=bb.prediction_type)
     scheduler.set_timesteps(steps)
-    assert scheduler.timesteps.tolist() == trailing_timesteps(steps).tolist()
+    if steps == 4:
+        assert scheduler.timesteps.tolist() == [999, 759, 499, 259]  # not the trailing [999, 749, 499, 249]
     cond, x, generator = bb.encode_prompts([PROMPT] * 3), noise.clone(), torch.Generator().manual_seed(5)
     with torch.no_grad():
         for t in scheduler.timesteps:

@@ -94,13 +94,13 @@ def pipeline_scheduler(method):
 
 
 def unified_scheduler(method):
-    """The TCDScheduler that samples like TSCD's `unified_sampling` (its N-step grid is the trailing grid for N
-    dividing T; every step TCD's γ-step at eta = `unified_eta`, the last to t = 0)."""
+    """The TCDScheduler that samples like TSCD's `unified_sampling`: original_inference_steps = the method's
+    `num_ddim_timesteps` (the stock 50), every step TCD's γ-step at eta = `unified_eta`, the last to t = 0."""
     from diffusers import TCDScheduler
 
     bb = method.backbone
-    return TCDScheduler(**bb.schedule, prediction_type=bb.prediction_type, original_inference_steps=bb.num_train_timesteps,
-                        clip_sample=False)
+    return TCDScheduler(**bb.schedule, prediction_type=bb.prediction_type,
+                        original_inference_steps=method.hparams.num_ddim_timesteps, clip_sample=False)
 
 
 def write_unified_recipe(method, out: Path) -> None:
@@ -112,7 +112,7 @@ def write_unified_recipe(method, out: Path) -> None:
         "method": method.name, "scheduler": "TCDScheduler", "rows": f"{method.name}@unified",
         "call": {"eta": float(method.hparams.unified_eta), "guidance_scale": 0.0},
         "note": "pipe.load_lora_weights(DIR); pipe.scheduler = TCDScheduler.from_pretrained(DIR, subfolder='scheduler'); "
-                "pipe(prompt, num_inference_steps=N, **call) reproduces fastgen's unified sampler for N dividing T",
+                "pipe(prompt, num_inference_steps=N, **call) reproduces fastgen's unified sampler",
     }, indent=2) + "\n")
 
 

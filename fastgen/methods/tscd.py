@@ -61,14 +61,16 @@ Deviations / open choices:
 Hyper-SD's other parts (both off by default):
 - `final_stage: dmd` (Sec. 3.3): after the last segment stage, to the end of the run, the student's one-step sample
   x̂0 = G(z, T−1, c) is trained with DMD's distribution-matching loss (`DistributionMatching` of dmd.py: real score =
-  the frozen teacher with CFG at `dmd_real_guidance_scale`, fake score = a trained copy of the teacher updated every
+  the frozen teacher with CFG at `dmd_real_guidance_scale` (1.75, DMD2's SD1.5 value and dmd.py's default: the
+  segment stages' 7.5 would over-saturate the matched distribution), fake score = a trained copy of the teacher updated every
   step, the student every `dmd_fake_updates_per_g`-th), + `dmd_mse_weight`·MSE to the teacher's DPM-Solver++ output
   from the same z (`dmd_mse_steps`; DMD's regression — the paper names an MSE term without its target: open choice),
   + the feedback term on that one-step sample when `reward_weight` > 0 (`refl`). Losses `dm`, `mse`, `refl`,
   `fake_denoise`; `segments_now` = 0 there. Its one-step rows are `tscd@dmd`, beside the k = 1 stage's `tscd` row.
   The fake score is a full copy even for a LoRA student.
 - `unified_eta: γ`: rows `tscd@unified`, the final model at every N sampled as diffusers' TCDScheduler does with
-  eta = γ (`unified_sampling`: the γ-steps, the last one to t = 0), the sampler Hyper-SD ships its unified LoRA with.
+  eta = γ (`unified_sampling`: its timesteps with the stock original_inference_steps 50, the γ-steps, the last one
+  to t = 0), the sampler Hyper-SD ships its unified LoRA with.
 """
 
 from __future__ import annotations
@@ -83,8 +85,8 @@ import torch
 
 from fastgen.atomic_write import save_torch_atomic
 from fastgen.core import (
-    append_dims, d_loss_softplus, ddim_step, distribution_matching_loss, g_loss_softplus, mse, q_sample, q_step,
-    trailing_timesteps,
+    append_dims, d_loss_softplus, ddim_step, distribution_matching_loss, g_loss_softplus, lcm_timesteps, mse, q_sample,
+    q_step, trailing_timesteps,
 )
 from fastgen.methods.adversarial import adversarial_phase
 from fastgen.methods.base import FINAL_MODEL, RowSource
@@ -128,7 +130,7 @@ def load_full_state(network: torch.nn.Module, state: dict[str, torch.Tensor]) ->
 
 class TSCD(DistributionMatching, ConsistencyDistillation):
     name = "tscd"
-    _row_sampler: tuple[float, int] | None = None  # (γ, last step's end) inside `row_sampler`; None: sample_eta, −1
+    _row_sampler: tuple[float, int, int | None] | None = None  # (γ, last step's end, TCD grid) inside `row_sampler`
     sharded_networks = ("backbone.unet", "target_unet", "discriminator", "fake_unet")
 
     @property
@@ -165,7 +167,7 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         sample_eta: float = 0.0,
         unified_eta: float | None = None,
         final_stage: str | None = None,
-        dmd_real_guidance_scale: float | None = None,
+        dmd_real_guidance_scale: float = 1.75,
         dmd_fake_updates_per_g: int = 5,
         dmd_lr_fake: float | None = None,
         dmd_mse_weight: float = 0.25,
@@ -193,8 +195,7 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
             self.discriminator = backbone.build_discriminator()  # the teacher's encoder, fp32, trainable
         self.fake_unet = None
         if final_stage == "dmd":  # the fake score starts from the teacher (fp32 and without LoRA, whatever the student)
-            real_scale = teacher_guidance_scale if dmd_real_guidance_scale is None else dmd_real_guidance_scale
-            self.init_fake_score(backbone.unet, real_scale, dmd_min_t_fraction, dmd_max_t_fraction)
+            self.init_fake_score(backbone.unet, dmd_real_guidance_scale, dmd_min_t_fraction, dmd_max_t_fraction)
             self.register_buffer("dmd_steps", torch.zeros((), dtype=torch.long))
         self.init_networks(teacher_guidance_scale, teacher_dtype, lora_rank, lora_alpha, target_ema_decay)
         self.guidance_scale = 0.0
@@ -212,9 +213,8 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
             raise ValueError("method.dmd_fake_updates_per_g and method.dmd_mse_steps must be positive integers")
         if hp.dmd_mse_weight < 0:
             raise ValueError(f"method.dmd_mse_weight={hp.dmd_mse_weight} must be >= 0 (0 = off)")
-        if hp.dmd_real_guidance_scale is not None and hp.dmd_real_guidance_scale < 1:
-            raise ValueError(f"method.dmd_real_guidance_scale={hp.dmd_real_guidance_scale} must be null "
-                             "(teacher_guidance_scale) or >= 1 (1 = no CFG)")
+        if hp.dmd_real_guidance_scale < 1:
+            raise ValueError(f"method.dmd_real_guidance_scale={hp.dmd_real_guidance_scale} must be >= 1 (1 = no CFG)")
         if not 0.0 <= hp.dmd_min_t_fraction <= hp.dmd_max_t_fraction <= 1.0:
             raise ValueError("method.dmd_min_t_fraction and method.dmd_max_t_fraction must satisfy 0 <= min <= max <= 1")
 
@@ -365,19 +365,22 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         return [RowSource(("",), functools.partial(self.stage_weights, stage), name), *final, *unified]
 
     @contextlib.contextmanager
-    def row_sampler(self, eta: float, end: int):
+    def row_sampler(self, eta: float, end: int, original_steps: int | None = None):
         """Inside the block `sample` takes TCD's γ-steps with γ = `eta` and its last step to `end` (−1: the clean
-        sample; 0: t = 0, as diffusers' TCDScheduler)."""
-        self._row_sampler = (float(eta), end)
+        sample; 0: t = 0, as diffusers' TCDScheduler), on the trailing grid or, with `original_steps`, on
+        TCDScheduler's: N of the `original_steps`-point solver grid (its `original_inference_steps`)."""
+        self._row_sampler = (float(eta), end, original_steps)
         try:
             yield
         finally:
             self._row_sampler = None
 
     def unified_sampling(self):
-        """diffusers' TCDScheduler with eta = `unified_eta` (the unified model's sampler, Hyper-SD): TCD's γ-steps,
-        the last one to t = 0 (not to the clean sample)."""
-        return self.row_sampler(self.hparams.unified_eta, 0)
+        """diffusers' TCDScheduler with eta = `unified_eta` (the unified model's sampler, Hyper-SD): TCD's γ-steps on
+        its timesteps (original_inference_steps = `num_ddim_timesteps`, 50: the stock scheduler Hyper-SD's card
+        loads, and the solver grid TSCD trains on; 4 steps: [999, 759, 499, 259]), the last one to t = 0 (not to
+        the clean sample)."""
+        return self.row_sampler(self.hparams.unified_eta, 0, self.hparams.num_ddim_timesteps)
 
     def final_model_sampler(self):
         """TCD's γ = `final_sample_eta`, the last step to the clean sample (the final model's rows)."""
@@ -528,9 +531,10 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         `t_start` for image-to-image. Under `control()` the same steps with the teacher's CFG x̂0, ε̂ at
         `teacher_guidance_scale`."""
         bb = self.backbone
-        eta, end = (self.hparams.sample_eta, -1) if self._row_sampler is None else self._row_sampler
+        eta, end, original_steps = (self.hparams.sample_eta, -1, None) if self._row_sampler is None else self._row_sampler
         start = bb.num_train_timesteps - 1 if t_start is None else t_start
-        timesteps = trailing_timesteps(steps, start + 1).tolist()
+        timesteps = (trailing_timesteps(steps, start + 1) if original_steps is None else
+                     lcm_timesteps(steps, bb.num_train_timesteps, original_steps, start=t_start)).tolist()
         cond = bb.encode_prompts(prompts)
         x = noise.float()
         for i, (t, t_next) in enumerate(zip(timesteps, timesteps[1:] + [end])):
