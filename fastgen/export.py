@@ -3,7 +3,8 @@
 Write a trained method's sampling network for diffusers: a StableDiffusionPipeline folder whose scheduler
 reproduces the method's sampler (fastgen/generation/export.py says which, and `fastgen_export.json` the call
 arguments), the UNet alone (`UNet2DConditionModel.from_pretrained(DIR)`), or its LoRA
-(`pipe.load_lora_weights(DIR)`); for a `method.controlnet` run, its ControlNet (`ControlNetModel.from_pretrained(DIR)`).
+(`pipe.load_lora_weights(DIR)`); `row=@unified`: a pipeline of TSCD's unified model (TCDScheduler); for a
+`method.controlnet` run, its ControlNet (`ControlNetModel.from_pretrained(DIR)`).
 """
 
 import sys
@@ -26,7 +27,7 @@ def export(cfg):
     if cfg.format not in FORMATS:
         raise ValueError(f"format={cfg.format!r} is not one of {list(FORMATS)}")
     method = build_method(cfg, torch.device(cfg.device))[0]
-    path = export_method(method, cfg.out, cfg.format)
+    path = export_method(method, cfg.out, cfg.format, cfg.get("row"))
     print(f"[fastgen] {method.name} exported as {cfg.format} to {path}")
     return path
 

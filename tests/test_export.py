@@ -118,6 +118,10 @@ def test_what_a_pipeline_cannot_reproduce_is_refused_in_one_line(tiny, tmp_path)
         from fastgen.methods.ufogen import UFOGen
 
         export_method(UFOGen(build_random("mnist_pixel"), eval_teacher=False), tmp_path / "x", "pipeline")
+    with pytest.raises(ValueError, match="only a TSCD trained with method.unified_eta"):
+        export_method(make("ufogen", tiny), tmp_path / "x", "pipeline", row="@unified")
+    with pytest.raises(ValueError, match="format=pipeline only"):
+        export_method(make("ufogen", tiny), tmp_path / "x", "unet", row="@unified")
 
 
 def test_the_export_entry_writes_the_baseline_teacher_unet(tmp_path):
@@ -148,7 +152,7 @@ def cfg_overrides(tmp_path):
 def test_the_unified_tscd_lora_in_a_tcd_pipeline_reproduces_the_unified_rows(tiny, tmp_path, steps):
     """TSCD's unified LoRA (`tscd@unified`): exported as a LoRA, loaded into the base pipeline with
     `load_lora_weights`, and sampled by the exported TCDScheduler with the recorded call, it gives fastgen.generate's
-    `row=@unified` images from the same latents and generators."""
+    `row=@unified` images from the same latents and generators; so does the one-folder `format=pipeline row=@unified`."""
     import json
 
     from diffusers import StableDiffusionPipeline, TCDScheduler
@@ -171,6 +175,13 @@ def test_the_unified_tscd_lora_in_a_tcd_pipeline_reproduces_the_unified_rows(tin
     with row_source(method, steps, "@unified").weights():
         expected = (sample_pixels(method, PROMPTS, indices, steps, seed) + 1) / 2
     latents = eval_noise(indices, tuple(method.backbone.sample_shape), seed)
+    got = pipe(PROMPTS, num_inference_steps=steps, latents=latents, generator=sampler_generators(indices, seed),
+               output_type="pt", **config["call"]).images
+    assert (got - expected).abs().max() < 1e-4
+    folder = export_method(method, tmp_path / "unified", "pipeline", row="@unified")
+    config = json.loads((folder / "fastgen_export.json").read_text())
+    assert config["scheduler"] == "TCDScheduler" and config["rows"] == "tscd@unified"
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None)
     got = pipe(PROMPTS, num_inference_steps=steps, latents=latents, generator=sampler_generators(indices, seed),
                output_type="pt", **config["call"]).images
     assert (got - expected).abs().max() < 1e-4

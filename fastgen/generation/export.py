@@ -16,11 +16,11 @@ latent z each step, which StableDiffusionPipeline cannot feed) and TSCD with sam
 t = 0, fastgen's sampler at the clean sample). `fastgen_export.json` in the folder records the call arguments
 (`num_inference_steps`, `guidance_scale`) that reproduce fastgen's sampler.
 
-TSCD's unified model (`method.unified_eta`, rows `tscd@unified`): `format=lora` also writes `scheduler/` — a
-`TCDScheduler` whose N-step grid is fastgen's trailing grid (`original_inference_steps` = T; N dividing T) — and
-`fastgen_export.json` with the call (`eta`, `guidance_scale` 0): `pipe.load_lora_weights(DIR)`, `pipe.scheduler =
+TSCD's unified model (`method.unified_eta`, rows `tscd@unified`): `format=lora` also writes `scheduler/` — the stock
+`TCDScheduler` grid (`original_inference_steps` = the method's num_ddim_timesteps, 50) — and `fastgen_export.json`
+with the call (`eta`, `guidance_scale` 0): `pipe.load_lora_weights(DIR)`, `pipe.scheduler =
 TCDScheduler.from_pretrained(DIR, subfolder="scheduler")`, `pipe(prompt, num_inference_steps=N, **call)` gives the
-`tscd@unified` rows' images.
+`tscd@unified` rows' images; `format=pipeline row=@unified` writes the same as one pipeline folder (LoRA fused).
 """
 
 from __future__ import annotations
@@ -103,6 +103,11 @@ def unified_scheduler(method):
                         original_inference_steps=method.hparams.num_ddim_timesteps, clip_sample=False)
 
 
+def unified_call(method) -> dict:
+    """The pipeline call of the `tscd@unified` rows: TCD's eta = `unified_eta`, no CFG (the student distilled it)."""
+    return {"eta": float(method.hparams.unified_eta), "guidance_scale": 0.0}
+
+
 def write_unified_recipe(method, out: Path) -> None:
     """Beside an exported TSCD LoRA: `scheduler/` (`unified_scheduler`) and `fastgen_export.json` with the call."""
     from fastgen.atomic_write import write_text_atomic
@@ -110,7 +115,7 @@ def write_unified_recipe(method, out: Path) -> None:
     unified_scheduler(method).save_pretrained(out / "scheduler")
     write_text_atomic(out / "fastgen_export.json", json.dumps({
         "method": method.name, "scheduler": "TCDScheduler", "rows": f"{method.name}@unified",
-        "call": {"eta": float(method.hparams.unified_eta), "guidance_scale": 0.0},
+        "call": unified_call(method),
         "note": "pipe.load_lora_weights(DIR); pipe.scheduler = TCDScheduler.from_pretrained(DIR, subfolder='scheduler'); "
                 "pipe(prompt, num_inference_steps=N, **call) reproduces fastgen's unified sampler",
     }, indent=2) + "\n")
@@ -122,15 +127,26 @@ def _replace_dir(tmp: Path, out: Path) -> Path:
     return out
 
 
-def export_pipeline(method, out_dir) -> Path:
+def export_pipeline(method, out_dir, row: str | None = None) -> Path:
     """`out_dir` as a StableDiffusionPipeline folder (LoRA fused) plus `fastgen_export.json`, written into a temporary
-    folder and renamed into place."""
+    folder and renamed into place; `row="@unified"`: TSCD's unified model with its TCDScheduler and eta."""
     from diffusers import StableDiffusionPipeline
+
+    from fastgen.methods.tscd import UNIFIED
 
     bb = method.backbone
     if bb.vae is None:
         raise ValueError(f"{bb.name} works in pixel space (no VAE): StableDiffusionPipeline needs one; export format=unet")
-    scheduler, guidance = pipeline_scheduler(method)
+    if row not in (None, UNIFIED):
+        raise ValueError(f"row={row!r}: a pipeline reproduces the method's own sampler (row=null) or TSCD's unified "
+                         f"model (row={UNIFIED})")
+    if row == UNIFIED and not (method.name == "tscd" and method.hparams.get("unified_eta") is not None):
+        raise ValueError(f"row={UNIFIED}: only a TSCD trained with method.unified_eta has unified rows, not {method.name}")
+    if row == UNIFIED:
+        scheduler, call = unified_scheduler(method), unified_call(method)
+    else:
+        scheduler, guidance = pipeline_scheduler(method)
+        call = {"guidance_scale": guidance}
     tokenizer = copy.deepcopy(bb.tokenizer)
     tokenizer.model_max_length = bb.max_prompt_length  # the pipeline pads prompts to this length, as fastgen does
     pipe = StableDiffusionPipeline(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=tokenizer,
@@ -143,15 +159,16 @@ def export_pipeline(method, out_dir) -> Path:
     steps = list(method.supported_steps) if method.supported_steps else None
     (tmp / "fastgen_export.json").write_text(json.dumps({
         "method": method.name, "scheduler": type(scheduler).__name__, "supported_steps": steps,
-        "call": {"guidance_scale": guidance}, "note": "pipe(prompt, num_inference_steps=N, guidance_scale=...) "
+        "rows": f"{method.name}{row or ''}", "call": call, "note": "pipe(prompt, num_inference_steps=N, **call) "
         "reproduces fastgen's sampler; latents are N(0, I) at the UNet's resolution",
     }, indent=2) + "\n")
     return _replace_dir(tmp, out)
 
 
-def export_method(method, out_dir, fmt: str = "pipeline") -> Path:
+def export_method(method, out_dir, fmt: str = "pipeline", row: str | None = None) -> Path:
     """Write `method`'s sampling network to `out_dir` as `fmt` (pipeline | unet | lora), or the ControlNet a
-    `method.controlnet` run trained (controlnet: a ControlNetModel folder, as `<run>/controlnet`)."""
+    `method.controlnet` run trained (controlnet: a ControlNetModel folder, as `<run>/controlnet`); `row`: the
+    pipeline's rows (`export_pipeline`)."""
     from fastgen.methods.consistency_common import export_unet, save_lora
     from fastgen.methods.controlnet import controlled_networks, sampling_controlnet, save_controlnet
 
@@ -161,8 +178,10 @@ def export_method(method, out_dir, fmt: str = "pipeline") -> Path:
         if not controlled_networks(method):
             raise ValueError(f"{method.name} was not trained with method.controlnet: no ControlNet to export")
         return save_controlnet(sampling_controlnet(method), out_dir)
+    if row is not None and fmt != "pipeline":
+        raise ValueError(f"row={row!r} applies to format=pipeline only (format={fmt})")
     if fmt == "pipeline":
-        return export_pipeline(method, out_dir)
+        return export_pipeline(method, out_dir, row)
     unet = sampling_unet(method)
     if fmt == "unet":
         return export_unet(merged_unet(unet), out_dir)
