@@ -2,10 +2,11 @@
 
 For each asset -- backbone weights, teacher, Inception (FID/KID), the FID reference (the COCO folder under
 eval.coco_root: annotations valid and an image for every caption entry used; else the data module's held-out
-split) and its statistics file, CLIP, aesthetic predictor, digit classifier, prompt set, W&B credentials -- it
-prints where it was looked for, whether it was found, and the config key to set. Missing backbone/teacher
-weights, an FID reference the evaluation could not build, or W&B credentials stop a run (exit 1); a missing
-metric asset only leaves that metric empty (reported, exit 0).
+split) and its statistics file, CLIP, aesthetic predictor, digit classifier, reward models, prompt set, W&B
+credentials -- it prints where it was looked for, whether it was found, and the config key to set. Missing
+backbone/teacher weights, an FID reference the evaluation could not build, training's reward model
+(`method.reward`) or W&B credentials stop a run (exit 1); a missing metric asset only leaves that metric empty
+(reported, exit 0).
 """
 
 import sys
@@ -156,6 +157,28 @@ def reference_lines(cfg, settings, inception_path):
     return lines + [_line(True, "reference statistics", f"{state} {path}")]
 
 
+def reward_lines(cfg):
+    """The reward models, loaded as a run would load them: training's feedback reward (`method.reward`: a run stops
+    without it) and each reward column `eval.rewards` configures (a column left empty without it)."""
+    from fastgen.eval.metrics import reward_specs
+    from fastgen.eval.rewards import COLUMNS, build_reward
+    from fastgen.eval.settings import eval_settings
+
+    method_reward = OmegaConf.select(cfg, "method.reward", default=None)
+    wanted = [("method.reward", OmegaConf.to_container(method_reward, resolve=True), True)] if method_reward else []
+    settings = eval_settings(cfg.get("eval"))
+    wanted += [(f"eval.rewards.{name}", spec, False) for name, spec in reward_specs(settings.rewards).items()]
+    lines = []
+    for key, spec, required in wanted:
+        label = f"reward {spec.get('name')} ({key})" if required else f"reward column {COLUMNS.get(spec['name'])}"
+        try:
+            build_reward(spec, key_prefix=key)
+            lines.append(_line(True, label, "loaded", required))
+        except (ValueError, OSError) as e:
+            lines.append(_line(False, label, str(e).splitlines()[0], required))
+    return lines
+
+
 def wandb_lines(cfg):
     from fastgen.eval.wandb_log import WandbNotReadyError, check_wandb_ready
 
@@ -171,7 +194,7 @@ def wandb_lines(cfg):
 
 def report(cfg):
     """Print every asset line; 0 if nothing required is missing, else 1."""
-    lines = backbone_lines(cfg) + metric_lines(cfg) + wandb_lines(cfg)
+    lines = backbone_lines(cfg) + metric_lines(cfg) + reward_lines(cfg) + wandb_lines(cfg)
     name = OmegaConf.select(cfg, "run_name", default=None, throw_on_resolution_failure=False)
     print(f"fastgen doctor: experiment {name or '?'}")
     for _, text in lines:

@@ -74,3 +74,25 @@ def test_evaluate_without_a_checkpoint_scores_the_untrained_method_under_its_lab
     assert rows[0]["fid"] > 0 and rows[0]["checkpoint"] == ""
     assert list(read_leaderboard(board)["method"]) == ["ddgan@init"]
     assert (tmp_path / "runs" / "eval_ddgan" / "samples" / "ddgan@init-4step.png").is_file()
+
+
+def test_doctor_loads_the_reward_models_a_run_would_load(tmp_path, capsys):
+    """Training's feedback reward (`method.reward`) is required (a run stops without it); a reward column's missing
+    file only leaves the column empty; each line names the key to set."""
+    from fastgen.doctor import reward_lines
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "experiment=tscd_mnist", "method.reward={name: digit}", "eval.rewards.digit.enabled=true",
+            f"eval.rewards.hpsv2.weights={tmp_path}/HPS_v2.1_compressed.pt"])
+        missing = compose("config", overrides=[
+            "experiment=tscd_mnist", f"method.reward={{name: hpsv2, weights: {tmp_path}/nope.pt}}"])
+    lines = reward_lines(cfg)
+    assert [ok for ok, _ in lines] == [True, True, True]  # a missing column file is not a stopping failure
+    text = "\n".join(line for _, line in lines)
+    assert "[          ok] reward digit (method.reward): loaded" in text
+    assert "[          ok] reward column digit_reward: loaded" in text
+    assert "[not computed] reward column hpsv2:" in text and "eval.rewards.hpsv2" in text
+    ok, line = reward_lines(missing)[0]
+    assert not ok and "[     MISSING] reward hpsv2 (method.reward)" in line and "method.reward" in line

@@ -118,22 +118,30 @@ class MetricSuite:
         }
 
 
+def reward_specs(settings) -> dict:
+    """{name: `rewards.build_reward` spec} of the reward models `eval.rewards` configures: those whose files are set
+    (digit: when enabled)."""
+    specs = {}
+    for name, enabling_key in REWARD_FILES.items():
+        options = dict(settings[name])
+        if name == "digit" and not options.pop("enabled"):
+            continue
+        if enabling_key is None or options.get(enabling_key) is not None:
+            specs[name] = {"name": name, **options}
+    return specs
+
+
 def load_rewards(settings) -> dict:
-    """{name: reward} of the reward models whose files `eval.rewards` sets (digit: when enabled); one that cannot be
-    loaded is left out after one warning naming the key to set (its column stays empty: never random weights)."""
+    """{name: reward} of the reward models `eval.rewards` configures (`reward_specs`); one that cannot be loaded is
+    left out after one warning naming the key to set (its column stays empty: never random weights)."""
     import warnings
 
     from fastgen.eval.assets import MissingAssetWarning
 
     loaded = {}
-    for name, enabling_key in REWARD_FILES.items():
-        options = dict(settings[name])
-        if name == "digit" and not options.pop("enabled"):
-            continue
-        if enabling_key is not None and options.get(enabling_key) is None:
-            continue
+    for name, spec in reward_specs(settings).items():
         try:
-            loaded[name] = rewards.build_reward({"name": name, **options}, key_prefix=f"eval.rewards.{name}")
+            loaded[name] = rewards.build_reward(spec, key_prefix=f"eval.rewards.{name}")
         except ValueError as e:
             warnings.warn(f"{rewards.COLUMNS[name]} not computed: {e}", MissingAssetWarning, stacklevel=2)
     return loaded
