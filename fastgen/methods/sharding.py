@@ -15,6 +15,7 @@ network first (`whole_network`).
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -51,7 +52,9 @@ def shard_network(network: nn.Module, mesh) -> nn.Module:
 
 def whole_network(network: nn.Module) -> nn.Module | None:
     """`network` itself when it is not sharded. When it is: collective (every rank must call it), an unsharded
-    copy (diffusers `from_config`, plus its peft adapter when it has one) on rank 0 and None on the others."""
+    copy (diffusers `from_config`, plus its peft adapter when it has one) on rank 0 and None on the others. Building
+    the copy initialises parameters: under a forked RNG, so rank 0's random stream (the training noise after a
+    TSCD stage snapshot) stays the one it would have been unsharded."""
     if not isinstance(network, FSDPModule):
         return network
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -59,8 +62,9 @@ def whole_network(network: nn.Module) -> nn.Module | None:
     full = get_model_state_dict(network, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
-    plain = type(network).from_config(network.config)
-    if getattr(network, "peft_config", None):
-        plain.add_adapter(network.peft_config["default"])
+    with torch.random.fork_rng(devices=[]):  # the copy is built on the CPU
+        plain = type(network).from_config(network.config)
+        if getattr(network, "peft_config", None):
+            plain.add_adapter(network.peft_config["default"])
     plain.load_state_dict(full)
     return plain
