@@ -29,7 +29,8 @@ training and in sampling, which is what diffusers' `LatentConsistencyModelPipeli
 
 Loss keys logged: `consistency`, and `refl` with reward feedback (`reward`, `reward_weight`, `reward_t_range`,
 `reward_margin`: ReFL on the student's consistency output at a timestep in the range, fastgen/methods/feedback.py,
-with the consistency loss kept on). Sampling: LCM's multistep consistency sampler (LCMScheduler): timesteps
+with the consistency loss kept on; x_t is the online student's own chain, `reward_source: chain`: this sampler on the
+`reward_chain_steps`-step grid (default 4), at the training step's ω, its last step re-noising to t). Sampling: LCM's multistep consistency sampler (LCMScheduler): timesteps
 `lcm_timesteps(N)` on the 50-point grid (1 → [999], 2 → [999, 499], 4 → [999, 759, 499, 259]); each step
 takes the consistency output and, except at the last step, re-noises it to the next timestep with fresh noise.
 One network evaluation per step (ω is an input, not CFG). The full variant samples with the EMA target (the
@@ -60,7 +61,7 @@ from fastgen.core import (
     append_dims, consistency_output, guidance_scale_embedding, lcm_solver_grid, lcm_timesteps, prediction_unit_weights,
     mse, pseudo_huber, q_sample,
 )
-from fastgen.methods.feedback import RewardFeedback
+from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
     empty_prompt_cond,
@@ -117,13 +118,18 @@ class LCM(ConsistencyDistillation):
         reward: dict | None = None,
         reward_fn=None,
         reward_weight: float = 0.0,
-        reward_t_range: tuple[int, int] = (0, 999),
+        reward_t_range: tuple[int, int] = DEFAULT_T_RANGE,
         reward_margin: float | None = None,
+        reward_source: str = "chain",
+        reward_chain_steps: int = 4,
     ):
         super().__init__(backbone)
         self.save_hyperparameters(ignore=["backbone", "reward_fn"])
         self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
-                                                   backbone.num_train_timesteps)
+                                                   backbone.num_train_timesteps, reward_source, reward_chain_steps)
+        if reward_chain_steps > num_ddim_timesteps:
+            raise ValueError(f"method.reward_chain_steps={reward_chain_steps} must be at most method.num_ddim_timesteps="
+                             f"{num_ddim_timesteps} (LCM's sampler grid lies on the solver grid)")
         if loss not in LOSSES:
             raise ValueError(f"method.loss={loss!r} is not one of {LOSSES}")
         if timestep_weighting not in TIMESTEP_WEIGHTINGS:
@@ -191,11 +197,17 @@ class LCM(ConsistencyDistillation):
             target = self.consistency(self.sampling_unet, x_prev, t_prev, cond, w_emb)
         # 7. L2 (or pseudo-Huber) between the two; 8. optional reward feedback (ReFL) on the student's output
         losses = {"consistency": self.distance(pred, target, t_start)}
-        loss = losses["consistency"] + self.feedback.add(losses, bb, x0, cond, batch.get("prompt"),
-                                                         lambda x, t, c: self.consistency(bb.unet, x, t, c, w_emb))
+        loss = losses["consistency"] + self.feedback.add(losses, bb, x0, cond, batch.get("prompt"), self.reward_student(w_emb))
         self.count_images(x0.shape[0])
         self.log_losses(losses, x0.shape[0])
         return loss
+
+    def reward_student(self, w_emb) -> Student:
+        """The online student for feedback at the ω of `w_emb`: its consistency output f_θ(x_t, t), its chain LCM's
+        sampler (f_θ re-noised to the next time with fresh noise) on the `reward_chain_steps`-step LCM grid."""
+        bb, hp = self.backbone, self.hparams
+        grid = lcm_timesteps(self.feedback.chain_steps, bb.num_train_timesteps, hp.num_ddim_timesteps).tolist()
+        return Student(lambda x, t, c: self.consistency(bb.unet, x, t, c, w_emb), grid)
 
     def optimizer_step(self, *args, **kwargs):
         """The optimizer step, then the target's EMA (before the checkpoint and evaluation callbacks run)."""

@@ -44,7 +44,11 @@ Optional terms (off by default):
   `d_real`, `d_fake`).
 - `reward` (a reward model's spec, fastgen/eval/rewards.py) with `reward_weight`, `reward_t_range`, `reward_margin`:
   Hyper-SD's human-feedback term (Sec. 3.3), ReFL on the student's x̂0 at a timestep in the range
-  (fastgen/methods/feedback.py), added to the consistency loss (which stays on); logged as `refl`.
+  (fastgen/methods/feedback.py), added to the consistency loss (which stays on); logged as `refl`. x_t is the online
+  student's own chain (`reward_source: chain`): this sampler (DDIM, or TCD's γ-step at `sample_eta`) from noise on the
+  trailing grid of the current stage's k (the segment boundaries; `reward_chain_steps` sets another N), no_grad, its
+  last step from the upper boundary of t's segment landing on t. The DMD stage scores its one-step sample (below),
+  which is the one-step chain.
 
 Sampling: DDIM on the trailing grid with N steps (any N ≥ 1; N = k of a stage is what that stage was trained
 for), the last step to the clean sample; guidance 0 (one evaluation per step). `sample_eta` = γ > 0 gives TCD's
@@ -90,7 +94,7 @@ from fastgen.core import (
 )
 from fastgen.methods.adversarial import adversarial_phase
 from fastgen.methods.base import FINAL_MODEL, RowSource
-from fastgen.methods.feedback import RewardFeedback
+from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student
 from fastgen.methods.consistency_common import (
     ConsistencyDistillation,
     empty_prompt_cond,
@@ -162,8 +166,10 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         reward: dict | None = None,
         reward_fn=None,
         reward_weight: float = 0.0,
-        reward_t_range: tuple[int, int] = (0, 999),
+        reward_t_range: tuple[int, int] = DEFAULT_T_RANGE,
         reward_margin: float | None = None,
+        reward_source: str = "chain",
+        reward_chain_steps: int | None = None,
         sample_eta: float = 0.0,
         unified_eta: float | None = None,
         final_stage: str | None = None,
@@ -189,7 +195,8 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
             raise ValueError(f"method.unified_eta (TCD's gamma of the tscd@unified rows) must be null or in [0, 1], got {unified_eta}")
         self._check_final_stage()
         self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
-                                                   backbone.num_train_timesteps)
+                                                   backbone.num_train_timesteps, reward_source, reward_chain_steps,
+                                                   "the current stage's k")
         self.adv_weights = list(adv_weights) if adv_weights else None
         if self.adv_weights:
             self.discriminator = backbone.build_discriminator()  # the teacher's encoder, fp32, trainable
@@ -442,8 +449,8 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         if adv_weight:
             losses["adv"] = g_loss_softplus(self.discriminator(student, t_end.clamp(min=0), cond))
             loss = loss + adv_weight * losses["adv"]
-        # 4. optional reward feedback (ReFL) on the student's x̂0 at a late timestep
-        loss = loss + self.feedback.add(losses, bb, x0, cond, batch.get("prompt"), lambda x, t, c: bb.denoise(bb.unet, x, t, c)[0])
+        # 4. optional reward feedback (ReFL) on the student's x̂0 at a late timestep of its own chain
+        loss = loss + self.feedback.add(losses, bb, x0, cond, batch.get("prompt"), self.reward_student(k))
         # 5. generator step, then the EMA target
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -463,6 +470,21 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
         self.count_images(x0.shape[0])
         self.log_losses(losses, x0.shape[0])
         self.log("train/segments", float(k), on_step=True, on_epoch=False, batch_size=x0.shape[0])
+
+    def reward_student(self, k: int) -> Student:
+        """The online student for feedback: its x̂0, its chain this sampler (DDIM, or TCD's γ-step at `sample_eta`) on
+        the trailing grid of `reward_chain_steps` steps, or of the stage's k (null): the k segments' boundaries, so the
+        chain's last step starts at the upper boundary of t's segment."""
+        bb, eta = self.backbone, self.hparams.sample_eta
+        grid = trailing_timesteps(self.feedback.chain_steps or k, bb.num_train_timesteps).tolist()
+
+        def step(x, t, s, cond):  # as `sample`: DDIM to floor((1 − γ)·s), then forward noise to s
+            x0_hat, eps_hat = bb.denoise(bb.unet, x, t, cond)
+            inner = ((1 - eta) * s).floor().long() if eta > 0 else s
+            x_inner = ddim_step(x0_hat, eps_hat, inner, bb.alphas_cumprod)
+            return q_step(x_inner, inner, s, torch.randn_like(x_inner), bb.alphas_cumprod) if eta > 0 else x_inner
+
+        return Student(lambda x, t, c: bb.denoise(bb.unet, x, t, c)[0], grid, step)
 
     # -- the DMD stage (Hyper-SD Sec. 3.3): DMD on the one-step student, + MSE to the teacher, + feedback ----------
     def dmd_generator_losses(self, x0_gen, z, cond, uncond, prompts) -> dict[str, torch.Tensor]:

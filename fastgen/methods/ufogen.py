@@ -28,7 +28,9 @@ Losses logged (each is a term of the summed objective of its phase, logged as `t
     d_r1    (γ_R1/2)·‖∇_{x_s} D(x_s)‖², lazily every `r1_every` D steps, when r1_gamma > 0
     g_adv   generator adversarial term on x'_s      g_rec   λ_rec · γ_t · ‖x0 − x̂0‖² (mean over elements)
     refl    reward feedback (ReFL) on G's x̂0 at a timestep in `reward_t_range`, in the G phase only, with
-            `reward`, `reward_weight`, `reward_margin` (fastgen/methods/feedback.py); g_rec and g_adv stay on
+            `reward`, `reward_weight`, `reward_margin` (fastgen/methods/feedback.py); g_rec and g_adv stay on. x_t is
+            G's own sampler chain (`reward_source: chain`): from noise on the trailing `reward_chain_steps`-step grid
+            (default 4), re-noising G's x̂0 to the next time, the last step to t; online G, no_grad
 GAN form (`gan_loss`): "softplus" (non-saturating, default) or "clamped_bce" — the author's BCE-with-logits
 with logits clamped at a 0.5 margin (fastgen.core.gan_losses).
 
@@ -78,7 +80,7 @@ from fastgen.methods.adversarial import (
     adversarial_phase, check_r1_options, discriminator_losses, lazy_r1_weight, prepare_discriminator_for_r1,
 )
 from fastgen.methods.base import FewStepMethod
-from fastgen.methods.feedback import RewardFeedback
+from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student
 
 GAN_LOSSES = {"softplus": (d_loss_softplus, g_loss_softplus), "clamped_bce": (d_loss_clamped_bce, g_loss_clamped_bce)}
 REC_WEIGHTINGS = ("uniform", "snr")
@@ -130,14 +132,16 @@ class UFOGen(FewStepMethod):
         reward: dict | None = None,
         reward_fn=None,
         reward_weight: float = 0.0,
-        reward_t_range: tuple[int, int] = (0, 999),
+        reward_t_range: tuple[int, int] = DEFAULT_T_RANGE,
         reward_margin: float | None = None,
+        reward_source: str = "chain",
+        reward_chain_steps: int = 4,
     ):
         super().__init__(backbone)
         self.save_hyperparameters(ignore=["backbone", "reward_fn"])
         self._check_config()
         self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, reward_t_range, reward_margin,
-                                                   backbone.num_train_timesteps)
+                                                   backbone.num_train_timesteps, reward_source, reward_chain_steps)
         self.automatic_optimization = False
         unet = backbone.unet
         # D and the teacher copy start from the pretrained UNet, before any LoRA adapter is injected
@@ -214,9 +218,15 @@ class UFOGen(FewStepMethod):
         else:
             rec = F.mse_loss(x0_hat, x0.float())
         losses = {"g_adv": g_adv, "g_rec": self.hparams.lambda_rec * rec}
-        bb = self.backbone
-        self.feedback.add(losses, bb, x0, cond, prompts, lambda x, t, c: bb.denoise(bb.unet, x, t, c)[0])
+        self.feedback.add(losses, self.backbone, x0, cond, prompts, self.reward_student())
         return losses
+
+    def reward_student(self) -> Student:
+        """The online G for feedback: x̂0 = G(x_t, t, c), its chain UFOGen's sampler (x̂0 re-noised to the next time
+        with fresh noise) on the trailing `reward_chain_steps`-step grid."""
+        bb = self.backbone
+        grid = trailing_timesteps(self.feedback.chain_steps, bb.num_train_timesteps).tolist()
+        return Student(lambda x, t, c: bb.denoise(bb.unet, x, t, c)[0], grid)
 
     # -- one optimisation phase each --------------------------------------------------------------------------
     def d_step(self, x0: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
