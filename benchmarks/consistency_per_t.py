@@ -21,9 +21,9 @@ import argparse
 import torch
 
 from fastgen.core import ddim_step, lcm_solver_grid
-from fastgen.eval.checkpoint import method_from_checkpoint
-from fastgen.eval.points_metrics import energy_distance
-from fastgen.methods.consistency_common import empty_prompt_cond, teacher_solver_step
+from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
+from fastgen.eval.metrics.points import energy_distance
+from fastgen.methods.consistency_distillation import empty_prompt_cond, teacher_solver_step
 from fastgen.methods.lcm import LCM
 
 

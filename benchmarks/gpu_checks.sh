@@ -36,16 +36,16 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $out/N
     >"$out/summary.txt" 2>&1
 
 sd15=("model=$model" "data.resolution=$res" "data.num_workers=8")
-stage train_ufogen 100 $py benchmarks/bench_training.py --experiments ufogen_sd15 --batch-size 8 --steps 6 \
+stage train_ufogen 100 $py benchmarks/speed_training.py --experiments ufogen_sd15 --batch-size 8 --steps 6 \
     --warmup 2 --threads "$threads" --random-images 64 --overrides "${sd15[@]}"
-stage train_ufogen_no_checkpointing 80 $py benchmarks/bench_training.py --experiments ufogen_sd15 --batch-size 8 \
+stage train_ufogen_no_checkpointing 80 $py benchmarks/speed_training.py --experiments ufogen_sd15 --batch-size 8 \
     --steps 6 --warmup 2 --threads "$threads" --random-images 64 \
     --overrides "${sd15[@]}" model.gradient_checkpointing=false
 
-stage sample_eager 180 $py benchmarks/bench_sampling.py --model "$model" --dtype bf16 --methods ufogen \
+stage sample_eager 180 $py benchmarks/speed_sampling.py --model "$model" --dtype bf16 --methods ufogen \
     --threads "$threads" --batch-sizes 1 8 --variants eager channels_last
 
-$py -c "import sys; sys.path.insert(0, 'benchmarks'); from bench_training import write_random_images as w; \
+$py -c "import sys; sys.path.insert(0, 'benchmarks'); from speed_training import write_random_images as w; \
 w('$tmp/images32', 16, 32)"
 fsdp_all() {  # every tiny experiment for 4 steps under FSDP2 (DDGAN/SIDDM with the finite-difference R1)
     for e in ufogen_tiny ddgan_tiny siddm_tiny lcm_tiny tscd_tiny; do
@@ -58,10 +58,10 @@ fsdp_all() {  # every tiny experiment for 4 steps under FSDP2 (DDGAN/SIDDM with 
 export -f fsdp_all; export py tmp accelerator
 stage fsdp 150 bash -c fsdp_all
 
-stage train_others 130 $py benchmarks/bench_training.py --experiments ddgan_sd15 siddm_sd15 lcm_sd15 lcm_lora_sd15 \
+stage train_others 130 $py benchmarks/speed_training.py --experiments ddgan_sd15 siddm_sd15 lcm_sd15 lcm_lora_sd15 \
     tscd_sd15 --threads "$threads" --batch-size 8 --steps 4 --warmup 2 --random-images 48 \
     --overrides "${sd15[@]}"
 
-stage sample_compile 400 $py benchmarks/bench_sampling.py --model "$model" --dtype bf16 --methods ufogen \
+stage sample_compile 400 $py benchmarks/speed_sampling.py --model "$model" --dtype bf16 --methods ufogen \
     --threads "$threads" --batch-sizes 8 --variants compile
 rm -rf "$tmp"

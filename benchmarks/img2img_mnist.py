@@ -21,9 +21,9 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from torchvision.utils import make_grid, save_image
 
 from fastgen.data.mnist import MNISTDataModule, digit_prompt
-from fastgen.eval.checkpoint import method_from_checkpoint
-from fastgen.eval.digit_classifier import load_classifier, predict
-from fastgen.eval.run_eval import eval_noise, sampler_generators
+from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
+from fastgen.eval.models.digit_classifier import load_classifier, predict
+from fastgen.eval.evaluator.run_eval import eval_noise, sampler_generators
 from fastgen.generation.sampling import img2img
 
 STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)

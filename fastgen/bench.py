@@ -14,7 +14,7 @@ experiments. The bench plans one *cell* per run and executes each as its own sub
    what training adds;
 5. the latency pass (`bench.latency`), after every cell and alone: the cells, which may share the machine, run
    with `eval.latency.enabled=false`; then this process re-measures the latency columns of every row of the
-   suite's experiments one sampling path at a time (`fastgen/eval/latency_pass.py`: median of
+   suite's experiments one sampling path at a time (`fastgen/eval/evaluator/latency_pass.py`: median of
    `bench.latency.repeats` batches at `eval.batch_size`, with device, threads and batch in the row).
    It runs again whenever a cell ran; `bench.latency.only=true` runs it alone on the current leaderboard.
 
@@ -47,10 +47,10 @@ import hydra
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from fastgen.atomic_write import write_text_atomic
-from fastgen.config import CONFIG_PATH, register_resolvers
-from fastgen.eval.leaderboard_io import drop_rows
-from fastgen.eval.leaderboard_table import CONTROL
+from fastgen.core.atomic import write_text_atomic
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers
+from fastgen.eval.leaderboard.io import drop_rows
+from fastgen.eval.leaderboard.table import CONTROL
 
 register_resolvers()
 STATUS_EVERY_S = 300
@@ -215,9 +215,9 @@ def suite_experiments(suite) -> list[str]:
 
 
 def latency_pass(cfg: DictConfig, state: State, boards: dict[str, str]) -> None:
-    """Re-measure the latency of the suite's rows in this process, alone (fastgen/eval/latency_pass.py), each
+    """Re-measure the latency of the suite's rows in this process, alone (fastgen/eval/evaluator/latency_pass.py), each
     variant's leaderboard with that variant's overrides."""
-    from fastgen.eval.latency_pass import measure_leaderboard
+    from fastgen.eval.evaluator.latency_pass import measure_leaderboard
 
     latency = cfg.bench.latency
     threads = latency.threads or len(os.sched_getaffinity(0))

@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.config import CONFIG_PATH, register_resolvers
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers
 from fastgen.data.errors import DataError
 
 register_resolvers()
@@ -48,11 +48,11 @@ def backbone_lines(cfg):
 
 
 def metric_lines(cfg):
-    from fastgen.eval.aesthetic import lookup_aesthetic_weights
-    from fastgen.eval.digit_classifier import SHIPPED_WEIGHTS
-    from fastgen.eval.inception import lookup_inception_weights
-    from fastgen.eval.open_clip_models import describe_clip_weights
-    from fastgen.eval.settings import eval_settings
+    from fastgen.eval.models.aesthetic import lookup_aesthetic_weights
+    from fastgen.eval.models.digit_classifier import SHIPPED_WEIGHTS
+    from fastgen.eval.models.inception import lookup_inception_weights
+    from fastgen.eval.models.open_clip import describe_clip_weights
+    from fastgen.eval.evaluator.settings import eval_settings
 
     settings = eval_settings(cfg.get("eval"))
     lines = []
@@ -128,8 +128,8 @@ def reference_lines(cfg, settings, inception_path):
     where its statistics are cached (or will be written on first use)."""
     from hydra.utils import instantiate
 
-    from fastgen.eval.assets import sha256_file
-    from fastgen.eval.reference import reference_path, reference_source, reference_spec
+    from fastgen.eval.models.assets import sha256_file
+    from fastgen.eval.metrics.reference import reference_path, reference_source, reference_spec
 
     if settings.fid.reference:
         path = Path(settings.fid.reference)
@@ -160,9 +160,9 @@ def reference_lines(cfg, settings, inception_path):
 def reward_lines(cfg):
     """The reward models, loaded as a run would load them: training's feedback reward (`method.reward`: a run stops
     without it) and each reward column `eval.rewards` configures (a column left empty without it)."""
-    from fastgen.eval.metrics import reward_specs
-    from fastgen.eval.rewards import COLUMNS, build_reward
-    from fastgen.eval.settings import eval_settings
+    from fastgen.eval.metrics.suite import reward_specs
+    from fastgen.eval.models.rewards import COLUMNS, build_reward
+    from fastgen.eval.evaluator.settings import eval_settings
 
     method_reward = OmegaConf.select(cfg, "method.reward", default=None)
     wanted = [("method.reward", OmegaConf.to_container(method_reward, resolve=True), True)] if method_reward else []
@@ -180,7 +180,7 @@ def reward_lines(cfg):
 
 
 def wandb_lines(cfg):
-    from fastgen.eval.wandb_log import WandbNotReadyError, check_wandb_ready
+    from fastgen.eval.leaderboard.wandb_log import WandbNotReadyError, check_wandb_ready
 
     logger = cfg.get("logger") or {}
     if "WandbLogger" not in str(logger.get("_target_", "")):

@@ -20,32 +20,29 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.build import instantiate_method
-from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
+from fastgen.runtime.build import build_from_config
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
 
 register_resolvers()
 
 
 def build_method(cfg, device):
     """(method, data module, experiment config, run dir) from `ckpt` or from the composed config."""
-    from fastgen.eval.checkpoint import method_from_checkpoint, run_dir_of
+    from fastgen.eval.evaluator.checkpoint import method_from_checkpoint, run_dir_of
 
     if cfg.ckpt:
         method, datamodule, config = method_from_checkpoint(cfg.ckpt, device)
         return method, datamodule, config, run_dir_of(cfg.ckpt)
     config = OmegaConf.to_container(cfg, resolve=True)
-    backbone = instantiate(cfg.model)
-    method = instantiate_method(cfg.method, backbone).to(device).eval()
-    datamodule = instantiate(cfg.data, _convert_="all")
-    return method, datamodule, config, Path(cfg.paths.runs_dir) / f"eval_{method.name}"
+    method, datamodule = build_from_config(cfg)
+    return method.to(device).eval(), datamodule, config, Path(cfg.paths.runs_dir) / f"eval_{method.name}"
 
 
 def as_control(method, label, ckpt):
     """`method.control()` for a control's label `<method>@init` (an untrained method only), else `method`."""
-    from fastgen.eval.leaderboard_table import CONTROL
+    from fastgen.eval.leaderboard.table import CONTROL
 
     if not (label or "").endswith(CONTROL):
         return method
@@ -59,11 +56,11 @@ def as_control(method, label, ckpt):
 
 
 def evaluate(cfg):
-    from fastgen.eval.leaderboard_io import rows_frame
-    from fastgen.eval.leaderboard_table import protocol_sections, summarise
-    from fastgen.eval.metrics import MetricSuite
-    from fastgen.eval.run_eval import real_data_row, run_eval
-    from fastgen.eval.settings import eval_settings
+    from fastgen.eval.leaderboard.io import rows_frame
+    from fastgen.eval.leaderboard.table import protocol_sections, summarise
+    from fastgen.eval.metrics.suite import MetricSuite
+    from fastgen.eval.evaluator.run_eval import real_data_row, run_eval
+    from fastgen.eval.evaluator.settings import eval_settings
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     method, datamodule, config, run_dir = build_method(cfg, device)
@@ -73,7 +70,7 @@ def evaluate(cfg):
     suite = MetricSuite.load(settings, datamodule, device)
     experiment = config.get("experiment_name") or config.get("run_name", "")
     if method.name == "dpm_solver":  # the same cached rows every distilled method's evaluation shows
-        from fastgen.eval.baseline import baseline_rows
+        from fastgen.eval.evaluator.baseline import baseline_rows
 
         rows = baseline_rows(method, datamodule, settings, suite, out_dir=run_dir, experiment=experiment)
     else:

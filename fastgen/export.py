@@ -13,7 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
 
 register_resolvers()
 

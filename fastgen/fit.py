@@ -1,6 +1,6 @@
 """`python -m fastgen.fit experiment=NAME key=value ...`: train (and evaluate) one experiment.
 
-Wiring only: check the config and the run folder (fastgen.config, fastgen.run_folder), build the backbone, the
+Wiring only: check the config and the run folder (fastgen.runtime.config, fastgen.runtime.run_folder), build the backbone, the
 method, the data module, callbacks and loggers from the Hydra config, then `trainer.fit`. Outputs go to
 `runs/<run_name>/` (config.yaml, checkpoints, logs, samples, and the evaluation's leaderboard rows unless
 `eval.leaderboard` names another CSV).
@@ -19,11 +19,11 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from fastgen.build import instantiate_method
-from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
-from fastgen.run_folder import (checkpoints_dir, refuse_fresh_run_over_old, remove_interrupted_saves,
+from fastgen.runtime.build import build_from_config
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
+from fastgen.runtime.run_folder import (checkpoints_dir, refuse_fresh_run_over_old, remove_interrupted_saves,
                                 resolve_ckpt_path, write_run_config)
-from fastgen.training import (AtomicCheckpointIO, CheckpointOnStop, FSDP2Strategy, ResumableCSVLogger, ResumeState,
+from fastgen.runtime.lightning_plugins import (AtomicCheckpointIO, CheckpointOnStop, FSDP2Strategy, ResumableCSVLogger, ResumeState,
                               StopAtKimg)
 
 register_resolvers()
@@ -44,7 +44,7 @@ def build_callbacks(cfg: DictConfig, own_checkpoint: bool = True) -> list[L.Call
 
         callbacks.append(ControlFromBatch(Path(cfg.paths.output_dir) / "controlnet"))
     if cfg.eval.get("enabled", False):
-        from fastgen.eval.callback import FewStepEval
+        from fastgen.eval.evaluator.callback import FewStepEval
 
         settings = OmegaConf.to_container(cfg.eval, resolve=True)
         settings["leaderboard"] = settings.get("leaderboard") or str(Path(cfg.paths.output_dir) / "leaderboard.csv")
@@ -75,7 +75,7 @@ def prepare_run_folder(cfg: DictConfig) -> str | None:
     if rank_zero_only.rank == 0:
         refuse_fresh_run_over_old(output_dir, cfg.ckpt_path)
         if str(OmegaConf.select(cfg, "logger._target_", default="")).endswith("WandbLogger"):
-            from fastgen.eval.wandb_log import check_wandb_ready
+            from fastgen.eval.leaderboard.wandb_log import check_wandb_ready
 
             check_wandb_ready(offline=cfg.logger.get("offline", False), verify=True)  # before any W&B run exists
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
@@ -88,10 +88,8 @@ def prepare_run_folder(cfg: DictConfig) -> str | None:
 def run(cfg: DictConfig) -> L.LightningModule:
     ckpt_path = prepare_run_folder(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    backbone = instantiate(cfg.model)  # missing weights fail here, before anything trains
-    method = instantiate_method(cfg.method, backbone)
+    method, datamodule = build_from_config(cfg)
     method.run_config = OmegaConf.to_container(cfg, resolve=True)
-    datamodule = instantiate(cfg.data, _convert_="all")
     own = ckpt_path is not None and Path(ckpt_path).resolve().parent == checkpoints_dir(cfg.paths.output_dir).resolve()
     trainer = build_trainer(cfg, build_callbacks(cfg, own_checkpoint=own), method, resume=ckpt_path is not None)
     if datamodule.batch_size % trainer.world_size:

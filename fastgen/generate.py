@@ -19,7 +19,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from fastgen.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers, user_errors, validate_config
 
 register_resolvers()
 

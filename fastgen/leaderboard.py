@@ -21,12 +21,12 @@ import re
 import sys
 from pathlib import Path
 
-from fastgen.atomic_write import write_text_atomic
-from fastgen.eval.leaderboard_io import LeaderboardError, read_leaderboard, repair
-from fastgen.eval.leaderboard_table import (
+from fastgen.core.atomic import write_text_atomic
+from fastgen.eval.leaderboard.io import LeaderboardError, read_leaderboard, repair
+from fastgen.eval.leaderboard.table import (
     FINAL, describe_selection, parse_selection, protocol_sections, protocols, summarise, summary_markdown,
 )
-from fastgen.eval.plots import plot_stem, save_plots
+from fastgen.eval.leaderboard.plots import plot_stem, save_plots
 
 README_METRICS = ("fid", "prompt_accuracy", "clip_score", "aesthetic_score")
 
@@ -103,7 +103,7 @@ def main(argv=None):
             return _error(e)
         print(f"updated the leaderboard:{csv_path.stem} block of {args.readme}")
     if args.wandb:
-        from fastgen.eval.wandb_log import WandbNotReadyError, log_leaderboard
+        from fastgen.eval.leaderboard.wandb_log import WandbNotReadyError, log_leaderboard
 
         import wandb
 

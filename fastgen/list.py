@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastgen.config import CONFIG_PATH
+from fastgen.runtime.config import CONFIG_PATH
 
 GROUPS = {
     "experiment": "python -m fastgen.fit experiment=NAME",

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fastgen.config import CONFIG_PATH, register_resolvers  # noqa: E402
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers  # noqa: E402
 
 
 def compose_experiment(name: str, tmp_path, overrides=()) -> DictConfig:

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastgen.eval.checkpoint import method_from_checkpoint
-from fastgen.eval.leaderboard_io import read_leaderboard
+from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
+from fastgen.eval.leaderboard.io import read_leaderboard
 from fastgen.fit import run
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.dpm_solver import dpm_solver_sample

@@ -5,7 +5,7 @@ import sys
 from hydra import compose, initialize_config_dir
 
 from fastgen.bench import Cell, State, plan, run_cells
-from fastgen.config import CONFIG_PATH, register_resolvers
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers
 
 
 def _bench_cfg(overrides):
@@ -62,7 +62,7 @@ def test_runner_waits_for_the_teacher_skips_finished_cells_and_reports_failures(
 
 
 def test_a_cell_that_runs_again_replaces_its_earlier_rows_and_only_those(tmp_path):
-    from fastgen.eval.leaderboard_io import append_rows, read_leaderboard
+    from fastgen.eval.leaderboard.io import append_rows, read_leaderboard
 
     cfg = _bench_cfg([f"paths.runs_dir={tmp_path}", "bench.seeds=[0,1]"])
     cells = {c.name: c for c in plan(cfg)}
@@ -116,7 +116,7 @@ def test_a_suite_with_variants_runs_every_cell_per_variant_into_its_own_leaderbo
 
 
 def test_cells_drop_their_earlier_rows_from_their_own_leaderboard(tmp_path):
-    from fastgen.eval.leaderboard_io import append_rows, read_leaderboard
+    from fastgen.eval.leaderboard.io import append_rows, read_leaderboard
 
     grid, patterns = tmp_path / "grid.csv", tmp_path / "patterns.csv"
     for board in (grid, patterns):
@@ -127,9 +127,9 @@ def test_cells_drop_their_earlier_rows_from_their_own_leaderboard(tmp_path):
 
 
 def test_cells_leave_latency_to_the_quiet_pass_that_runs_after_them(tmp_path, monkeypatch):
-    import fastgen.eval.latency_pass
+    import fastgen.eval.evaluator.latency_pass
     from fastgen.bench import run_suite
-    from fastgen.eval.leaderboard_io import append_rows
+    from fastgen.eval.leaderboard.io import append_rows
 
     cfg = _bench_cfg([f"paths.runs_dir={tmp_path}"])
     assert all("eval.latency.enabled=false" in c.command for c in plan(cfg) if c.kind != "teacher")
@@ -137,7 +137,7 @@ def test_cells_leave_latency_to_the_quiet_pass_that_runs_after_them(tmp_path, mo
     assert not any("eval.latency.enabled=false" in c.command for c in plan(off))
 
     calls = []
-    monkeypatch.setattr(fastgen.eval.latency_pass, "measure_leaderboard",
+    monkeypatch.setattr(fastgen.eval.evaluator.latency_pass, "measure_leaderboard",
                         lambda board, experiments, overrides, **kw: calls.append((experiments, kw)) or 0)
     board = tmp_path / "board.csv"
     append_rows(board, [{"run_id": "a", "experiment": "ufogen_mnist", "method": "ufogen", "steps": 1, "nfe": 1,

@@ -6,7 +6,7 @@ EMA, full LCM's ω-conditioned student and EMA target, LCM-LoRA's adapters, ...)
 import pytest
 import torch
 
-from fastgen.eval.checkpoint import method_from_checkpoint
+from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
 from fastgen.fit import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py

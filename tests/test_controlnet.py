@@ -67,7 +67,7 @@ def test_controlnet_residuals_reach_every_methods_sampler(tiny, name):
 def test_residuals_equal_diffusers_controlnet_pipeline(tiny, tmp_path):
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    from fastgen.eval.run_eval import eval_noise, sampler_generators
+    from fastgen.eval.evaluator.run_eval import eval_noise, sampler_generators
     from fastgen.generation.export import export_method
 
     method = make("ufogen", tiny)
@@ -91,7 +91,7 @@ def test_generate_with_a_controlnet_folder(tmp_path):
     from hydra import compose, initialize_config_dir
     from PIL import Image
 
-    from fastgen.config import CONFIG_PATH, register_resolvers
+    from fastgen.runtime.config import CONFIG_PATH, register_resolvers
     from fastgen.generate import generate
     from fastgen.networks import build_random
 

@@ -90,7 +90,7 @@ def assert_only_controlnet_trained(trained, generator_state, initial_controlnet=
 
 
 def test_ufogen_trains_only_its_controlnet_and_round_trips(experiment_cfg, tmp_path):
-    from fastgen.eval.checkpoint import method_from_checkpoint
+    from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
     from fastgen.generate import generate
 
     base = experiment_cfg("ufogen_mnist", "method.eval_teacher=false")
@@ -131,7 +131,7 @@ def test_ufogen_trains_only_its_controlnet_and_round_trips(experiment_cfg, tmp_p
     Image.fromarray((control[0, 0] * 255).to(torch.uint8).numpy()).save(tmp_path / "mask.png")
     from hydra import compose, initialize_config_dir
 
-    from fastgen.config import CONFIG_PATH
+    from fastgen.runtime.config import CONFIG_PATH
 
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         gen_cfg = compose("generate", overrides=[f"ckpt={ckpt}", "prompt=a handwritten digit seven", "steps=2",
@@ -195,7 +195,7 @@ def test_a_trained_controlnet_runs_in_diffusers_controlnet_pipeline(tmp_path):
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
     from torch.utils.data import DataLoader
 
-    from fastgen.eval.run_eval import eval_noise, sampler_generators
+    from fastgen.eval.evaluator.run_eval import eval_noise, sampler_generators
     from fastgen.generation.controlnet import attach_controlnet
     from fastgen.generation.export import export_method
     from fastgen.generation.sampling import sample_pixels

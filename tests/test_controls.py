@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fastgen.config import CONFIG_PATH, register_resolvers
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers
 from fastgen.core import classifier_free_guidance, trailing_timesteps
 from fastgen.methods.ddgan import DDGAN
 from fastgen.methods.lcm import LCM
@@ -147,7 +147,7 @@ def test_a_control_label_must_name_the_untrained_method(backbone):
 
 
 def test_the_latency_pass_times_a_control_as_the_control_samples(backbone):
-    from fastgen.eval.latency_pass import path_label, row_sampler
+    from fastgen.eval.evaluator.latency_pass import path_label, row_sampler
 
     tscd = _methods(backbone, 2.0)[2]
     assert row_sampler(tscd, "tscd@init", 2.0).nfe(4) == 8

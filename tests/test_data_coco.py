@@ -12,7 +12,7 @@ from PIL import Image
 from fastgen.data import DataError
 from fastgen.data.coco import CocoVal, coco_prompts
 from fastgen.data.prompts import load_prompt_set, prompts_sha256
-from fastgen.eval.settings import eval_settings
+from fastgen.eval.evaluator.settings import eval_settings
 
 SHARED_COCO_JSONL = Path("/work/shared/data/prompts/coco2017_val_captions.jsonl")
 
@@ -93,8 +93,8 @@ def test_incomplete_folders_and_bad_settings_are_one_line_errors(tmp_path):
 @pytest.mark.usefixtures("one_thread")
 def test_run_eval_and_the_floor_score_against_coco(tmp_path):
     """Prompts and reference both come from COCO val; the floor (training images vs COCO) is nonzero."""
-    from fastgen.eval.run_eval import real_data_row, run_eval
-    from test_eval_fakes import FakeDataModule, FakeMethod
+    from fastgen.eval.evaluator.run_eval import real_data_row, run_eval
+    from fakes import FakeDataModule, FakeMethod
 
     root = write_coco(tmp_path / "coco", [11, 12, 13, 14, 15], size=(24, 16))
     cfg = {"coco_root": str(root), "prompts": "coco2017_5k", "num_samples": 4, "batch_size": 4, "steps": [1],
@@ -126,7 +126,7 @@ def test_run_eval_and_the_floor_score_against_coco(tmp_path):
 def test_doctor_reports_whether_the_coco_folder_is_complete(tmp_path, capsys):
     from hydra import compose, initialize_config_dir
 
-    from fastgen.config import CONFIG_PATH, register_resolvers
+    from fastgen.runtime.config import CONFIG_PATH, register_resolvers
     from fastgen.doctor import report
 
     root = write_coco(tmp_path / "coco", [1, 2, 3])

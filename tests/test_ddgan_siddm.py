@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import fastgen.methods.adversarial as adversarial
+import fastgen.methods.gan_phases as gan_phases
+import fastgen.methods.posterior_chain_gan as posterior_chain_gan
 from fastgen.core import q_posterior_sample, q_sample, q_step
 from fastgen.fit import run
-from fastgen.methods.adversarial import LevelPair
+from fastgen.methods.posterior_chain_gan import LevelPair
 from fastgen.methods.ddgan import DDGAN
 from fastgen.methods.siddm import SIDDM
 from fastgen.networks import build_random
@@ -163,16 +164,16 @@ def test_afd_renoises_the_fake_with_fresh_noise(mnist_backbone):
 def test_lazy_r1_at_the_official_strength():
     """NVlabs/denoising-diffusion-gan adds (γ/2)‖∇D‖² on every r1_every-th D step, unscaled; StyleGAN2's lazy
     scaling (×r1_every) is the option."""
-    weights = [adversarial.lazy_r1_weight(0.02, 15, k) for k in range(30)]
+    weights = [gan_phases.lazy_r1_weight(0.02, 15, k) for k in range(30)]
     assert weights[0] == weights[15] == pytest.approx(0.01) and sum(w > 0 for w in weights) == 2
-    assert adversarial.lazy_r1_weight(0.02, 15, 30, scale_by_interval=True) == pytest.approx(0.15)
-    assert adversarial.lazy_r1_weight(0.0, 15, 0) == 0.0
+    assert gan_phases.lazy_r1_weight(0.02, 15, 30, scale_by_interval=True) == pytest.approx(0.15)
+    assert gan_phases.lazy_r1_weight(0.0, 15, 0) == 0.0
 
 
 def train_one_step(m, monkeypatch):
     """One training step on a Trainer; returns {optimizer index: names of the parameters its phase changed}."""
     params = dict(m.named_parameters())
-    changed, phase = {}, adversarial.adversarial_phase
+    changed, phase = {}, gan_phases.adversarial_phase
 
     def spy(method, opt, compute_losses, max_grad_norm=None):
         before = {k: p.detach().clone() for k, p in params.items()}
@@ -181,7 +182,7 @@ def train_one_step(m, monkeypatch):
         changed[index] = {k for k, p in params.items() if not torch.equal(before[k], p)}
         return losses
 
-    monkeypatch.setattr(adversarial, "adversarial_phase", spy)
+    monkeypatch.setattr(posterior_chain_gan, "adversarial_phase", spy)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(m, DataLoader([batch(2)], batch_size=None))

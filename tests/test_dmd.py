@@ -277,7 +277,7 @@ def test_a_short_points_run_beats_the_untrained_control():
     mean, between its four modes (the `dmd@init` control); 200 generator updates of distribution matching move the
     one-step samples towards the modes, and the energy distance to the held-out points falls well below the control's."""
     from fastgen.data.points import PointsDataModule
-    from fastgen.eval.points_metrics import energy_distance
+    from fastgen.eval.metrics.points import energy_distance
     from fastgen.networks.points import build_points_pretrained
 
     torch.manual_seed(0)

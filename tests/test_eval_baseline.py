@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from fastgen.data.mnist import MNISTDataModule
-from fastgen.eval.baseline import baseline_rows, teacher_baseline, teacher_sha256
-from fastgen.eval.leaderboard_io import read_leaderboard
-from fastgen.eval.metrics import MetricSuite
-from fastgen.eval.settings import eval_settings
+from fastgen.eval.evaluator.baseline import baseline_rows, teacher_baseline, teacher_sha256
+from fastgen.eval.leaderboard.io import read_leaderboard
+from fastgen.eval.metrics.suite import MetricSuite
+from fastgen.eval.evaluator.settings import eval_settings
 from fastgen.networks import build_random
 
 
@@ -37,7 +37,7 @@ def test_baseline_rows_are_computed_once_per_teacher(tmp_path, monkeypatch):
         ("dpm_solver_sde", 1, 2, 2.0), ("dpm_solver_sde", 2, 4, 2.0)]
     assert len(list((tmp_path / "cache" / "baselines").glob("*.json"))) == 2  # one file per solver
 
-    monkeypatch.setattr("fastgen.eval.baseline.run_eval", lambda *a, **k: pytest.fail("re-sampled the baseline"))
+    monkeypatch.setattr("fastgen.eval.evaluator.baseline.run_eval", lambda *a, **k: pytest.fail("re-sampled the baseline"))
     again = baseline_rows(method, datamodule, settings, suite)
     assert [r["fid"] for r in again] == pytest.approx([r["fid"] for r in rows])
     assert len(read_leaderboard(tmp_path / "board.csv")) == 4  # cached rows are not appended twice

@@ -7,10 +7,10 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader
 
-from fastgen.eval.callback import FewStepEval
-from fastgen.eval.leaderboard_io import read_leaderboard
-from fastgen.eval.wandb_log import WandbNotReadyError, check_wandb_ready
-from test_eval_fakes import FakeBackbone, FakeDataModule, FakeMethod
+from fastgen.eval.evaluator.callback import FewStepEval
+from fastgen.eval.leaderboard.io import read_leaderboard
+from fastgen.eval.leaderboard.wandb_log import WandbNotReadyError, check_wandb_ready
+from fakes import FakeBackbone, FakeDataModule, FakeMethod
 
 
 class TrainableFake(L.LightningModule):

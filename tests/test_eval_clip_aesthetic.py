@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fastgen.eval.aesthetic import AestheticMLP, load_aesthetic_scorer
-from fastgen.eval.clip_score import load_clip_scorer
-from fastgen.eval.open_clip_models import clip_preprocess, openai_release_sha256s, quick_gelu_needed
+from fastgen.eval.models.aesthetic import AestheticMLP, load_aesthetic_scorer
+from fastgen.eval.metrics.clip_score import load_clip_scorer
+from fastgen.eval.models.open_clip import clip_preprocess, openai_release_sha256s, quick_gelu_needed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,7 +167,7 @@ def test_a_file_with_an_openai_release_hash_gets_quickgelu(tiny_768_file, monkey
     weights = tmp_path / "ViT-tiny-openai.pt"
     weights.write_bytes((tiny_768_file / "clip.pt").read_bytes())
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    monkeypatch.setattr("fastgen.eval.open_clip_models.openai_release_sha256s", lambda: frozenset({sha}))
+    monkeypatch.setattr("fastgen.eval.models.open_clip.openai_release_sha256s", lambda: frozenset({sha}))
     scorer = load_clip_scorer("fastgen-test-tiny-768", str(weights))
     assert _activations(scorer.model) == {"QuickGELU"}
     known = openai_release_sha256s.__wrapped__()  # from open_clip's registry: RN50 ... ViT-L-14-336

@@ -9,8 +9,8 @@ import torch.multiprocessing as mp
 
 from conftest import free_port
 
-from fastgen.eval.run_eval import run_eval
-from test_eval_fakes import FakeDataModule, FakeMethod
+from fastgen.eval.evaluator.run_eval import run_eval
+from fakes import FakeDataModule, FakeMethod
 
 CFG = {"num_samples": 6, "batch_size": 2, "steps": [1], "clip": {"enabled": False},
        "aesthetic": {"enabled": False}, "fid": {"kid_subsets": 3}, "latency": {"enabled": False}}

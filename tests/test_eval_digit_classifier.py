@@ -5,7 +5,7 @@ import torch
 from safetensors import safe_open
 
 from fastgen.data.mnist import MNISTDataModule, digit_prompt
-from fastgen.eval.digit_classifier import SHIPPED_WEIGHTS, PromptAccuracy, classifier_for, load_classifier, predict
+from fastgen.eval.models.digit_classifier import SHIPPED_WEIGHTS, PromptAccuracy, classifier_for, load_classifier, predict
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ class OtherDigits(TinyDigits):
 
 def test_classifier_for_caches_by_training_data_hash(tmp_path, monkeypatch):
     """The second call loads the cached file (training again would raise); other training data trains anew."""
-    import fastgen.eval.digit_classifier as digit_classifier
+    import fastgen.eval.models.digit_classifier as digit_classifier
 
     model, accuracy = classifier_for(TinyDigits(), tmp_path, epochs=1)
     files = list(tmp_path.glob("digit_classifier-*.safetensors"))

@@ -3,9 +3,9 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-from fastgen.config import CONFIG_PATH, register_resolvers
-from fastgen.eval.checkpoint import checkpoint_config, run_dir_of
-from fastgen.eval.leaderboard_io import read_leaderboard
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers
+from fastgen.eval.evaluator.checkpoint import checkpoint_config, run_dir_of
+from fastgen.eval.leaderboard.io import read_leaderboard
 
 
 def _evaluate_cfg(overrides):

@@ -9,8 +9,8 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from fastgen.eval.fid import feature_stats, fid_from_features, fid_from_stats, kid_from_features
-from fastgen.eval.reference import ReferenceMismatchError, load_reference, reference_stats
+from fastgen.eval.metrics.fid import feature_stats, fid_from_features, fid_from_stats, kid_from_features
+from fastgen.eval.metrics.reference import ReferenceMismatchError, load_reference, reference_stats
 
 
 class Features(torch.nn.Module):
@@ -89,7 +89,7 @@ class FakeExtractor(torch.nn.Module):
 
 
 def test_reference_statistics_are_cached_keyed_and_refuse_another_extractor(tmp_path):
-    from test_eval_fakes import FakeDataModule
+    from fakes import FakeDataModule
 
     datamodule, extractor = FakeDataModule(), FakeExtractor()
     ref = reference_stats(datamodule, extractor, 32, tmp_path, batch_size=10)

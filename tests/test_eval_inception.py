@@ -5,8 +5,8 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from fastgen.data.mnist import MNISTDataModule
-from fastgen.eval.fid import fid_from_features
-from fastgen.eval.inception import FEATURE_DIM, fid_helper_torchscript_path, load_inception
+from fastgen.eval.metrics.fid import fid_from_features
+from fastgen.eval.models.inception import FEATURE_DIM, fid_helper_torchscript_path, load_inception
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fastgen.eval.fingerprint import SamplingPrecision, normalise_precision
-from fastgen.eval.leaderboard_io import append_rows, read_leaderboard
-from fastgen.eval.leaderboard_table import metric_table, summarise, summary_markdown
+from fastgen.eval.metrics.fingerprint import SamplingPrecision, normalise_precision
+from fastgen.eval.leaderboard.io import append_rows, read_leaderboard
+from fastgen.eval.leaderboard.table import metric_table, summarise, summary_markdown
 from fastgen.leaderboard import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_precision_is_what_sampling_ran_in_in_one_vocabulary():
 def test_every_series_has_its_own_colour_and_marker(tmp_path):
     import matplotlib.pyplot as plt
 
-    from fastgen.eval.plots import draw_metric, series_styles
+    from fastgen.eval.leaderboard.plots import draw_metric, series_styles
 
     styles = series_styles([f"m{i}" for i in range(126)])
     assert len(set(styles.values())) == 126 and len({c for c, _ in list(styles.values())[:18]}) == 18
@@ -181,7 +181,7 @@ def test_readme_leaderboard_matches_the_committed_csv(tmp_path):
 
 
 def test_plot_line_styles_tell_baselines_controls_and_methods_apart():
-    from fastgen.eval.plots import _linestyle
+    from fastgen.eval.leaderboard.plots import _linestyle
 
     assert [_linestyle(m) for m in ("dpm_solver", "dpm_solver_sde", "ufogen@init", "ufogen")] == ["--", "--", "-.", "-"]
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fastgen.data import DataError, ImageTextFolderDataModule, MNISTDataModule
-from fastgen.eval.reference import reference_stats
-from fastgen.eval.settings import eval_settings
+from fastgen.eval.metrics.reference import reference_stats
+from fastgen.eval.evaluator.settings import eval_settings
 
 
 class PooledPixels(torch.nn.Module):
@@ -69,7 +69,7 @@ def test_folders_with_one_name_and_changed_images_get_their_own_reference(tmp_pa
 
 
 def test_the_training_images_are_refused_as_the_reference(tmp_path):
-    from fastgen.eval.reference import check_reference
+    from fastgen.eval.metrics.reference import check_reference
 
     with pytest.raises(DataError, match=r"reference_split=train .*eval\.coco_root=DIR"):
         check_reference(eval_settings({"fid": {"reference_split": "train"}}), MNISTDataModule())

@@ -1,11 +1,11 @@
 """Reward models live in fastgen/eval (rewards.py); the entry point that builds a method injects the one its config
-asks for (`fastgen.build.instantiate_method`), and a method built without it says so in one line."""
+asks for (`fastgen.runtime.build.instantiate_method`), and a method built without it says so in one line."""
 
 import pytest
 import torch
 
-from fastgen.build import instantiate_method
-from fastgen.eval.rewards import AestheticReward, build_reward
+from fastgen.runtime.build import instantiate_method
+from fastgen.eval.models.rewards import AestheticReward, build_reward
 from fastgen.methods.tscd import TSCD
 from fastgen.networks.points import build_points_random
 from test_eval_clip_aesthetic import tiny_768_file  # noqa: F401 (fixture)
@@ -19,7 +19,7 @@ def _spec(folder):
 
 
 def test_aesthetic_reward_is_the_evaluation_score_and_differentiable(tiny_768_file):  # noqa: F811
-    from fastgen.eval.aesthetic import load_aesthetic_scorer
+    from fastgen.eval.models.aesthetic import load_aesthetic_scorer
 
     args = (str(tiny_768_file / "sac+logos+ava1-l14-linearMSE.pth"), "fastgen-test-tiny-768", str(tiny_768_file / "clip.pt"))
     reward = AestheticReward(*args)
@@ -44,7 +44,7 @@ def test_the_builder_injects_the_reward_the_method_config_asks_for(tiny_768_file
 def test_a_reward_asked_for_but_not_passed_is_one_clear_line(tiny_768_file):  # noqa: F811
     backbone = build_points_random(3, hidden_dim=16, num_layers=1)
     with pytest.raises(ValueError, match=r"method.reward=.* asks for a reward model that was not passed in: build "
-                                         r"the method with fastgen.build.instantiate_method"):
+                                         r"the method with fastgen.runtime.build.instantiate_method"):
         TSCD(backbone, reward=_spec(tiny_768_file), reward_weight=0.5)
     with pytest.raises(ValueError, match=r"method.reward_weight > 0 needs a reward model: set method.reward"):
         TSCD(backbone, reward_weight=0.5)

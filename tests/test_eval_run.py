@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from fastgen.eval.leaderboard_io import COLUMNS, read_leaderboard
-from fastgen.eval.run_eval import eval_noise, real_data_row, run_eval
-from test_eval_fakes import FakeDataModule, FakeMethod
+from fastgen.eval.leaderboard.io import COLUMNS, read_leaderboard
+from fastgen.eval.evaluator.run_eval import eval_noise, real_data_row, run_eval
+from fakes import FakeDataModule, FakeMethod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

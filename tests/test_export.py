@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from fastgen.eval.run_eval import eval_noise, sampler_generators
+from fastgen.eval.evaluator.run_eval import eval_noise, sampler_generators
 from fastgen.generation.export import export_method
 from fastgen.generation.sampling import sample_pixels
 
@@ -128,7 +128,7 @@ def test_the_export_entry_writes_the_baseline_teacher_unet(tmp_path):
     from diffusers import UNet2DConditionModel
     from hydra import compose, initialize_config_dir
 
-    from fastgen.config import CONFIG_PATH, register_resolvers
+    from fastgen.runtime.config import CONFIG_PATH, register_resolvers
     from fastgen.export import export
 
     register_resolvers()

@@ -25,10 +25,10 @@ import torch
 from conftest import compose_experiment
 from PIL import Image
 
-from fastgen.config import user_errors
+from fastgen.runtime.config import user_errors
 from fastgen.data import DataError
 from fastgen.fit import build_callbacks, run
-from fastgen.training import AtomicCheckpointIO
+from fastgen.runtime.lightning_plugins import AtomicCheckpointIO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,9 +156,9 @@ def test_diverged_training_exits_nonzero_with_one_line_and_writes_no_row(tmp_pat
 
 
 def test_nan_images_never_become_a_leaderboard_row(tmp_path):
-    from fastgen.eval.images import NonFiniteImages
-    from fastgen.eval.run_eval import run_eval
-    from test_eval_fakes import FakeDataModule, FakeMethod
+    from fastgen.eval.metrics.images import NonFiniteImages
+    from fastgen.eval.evaluator.run_eval import run_eval
+    from fakes import FakeDataModule, FakeMethod
 
     method = FakeMethod(supported_steps=(1, 2))
     with torch.no_grad():
@@ -402,7 +402,7 @@ def test_truncated_latent_shard_names_the_shard(cache_32, tmp_path):
 
 
 def test_truncated_checkpoint_is_one_line_in_fit_and_evaluate(finished_run, tmp_path, capsys, nothing_built):
-    from fastgen.eval.checkpoint import method_from_checkpoint
+    from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
 
     run_dir = copy_of(finished_run, tmp_path)
     last = run_dir / "checkpoints" / "last.ckpt"

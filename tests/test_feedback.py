@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fastgen.core import q_sample
-from fastgen.eval.rewards import DigitReward
+from fastgen.eval.models.rewards import DigitReward
 from fastgen.methods.feedback import RewardFeedback, Student, sample_chain
 from fastgen.methods.lcm import LCM
 from fastgen.methods.tscd import TSCD

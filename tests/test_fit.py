@@ -27,7 +27,7 @@ def test_teacher_trains_checkpoints_and_resumes(experiment_cfg, tmp_path):
     keys = ckpt["state_dict"].keys()
     assert any(k.startswith("backbone.unet.") for k in keys) and any(k.startswith("ema_unet.") for k in keys)
     assert not any(k.startswith(("backbone.text_encoder.", "backbone.vae.")) for k in keys)
-    assert ckpt["fastgen_config"]["method"]["_target_"] == "fastgen.methods.diffusion.Diffusion"
+    assert ckpt["fastgen_config"]["method"]["_target_"] == "fastgen.methods.teacher.TeacherTraining"
     assert method.images_seen.item() == 8  # 2 steps x batch 4
     # the checkpoint after the last step holds that step's EMA (updated inside the step, before the callbacks)
     final = method.state_dict()

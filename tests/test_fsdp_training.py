@@ -1,4 +1,4 @@
-"""`trainer.strategy=fsdp` (FSDP2, `fastgen.training.FSDP2Strategy`) under 2-process CPU gloo trains, evaluates and
+"""`trainer.strategy=fsdp` (FSDP2, `fastgen.runtime.lightning_plugins.FSDP2Strategy`) under 2-process CPU gloo trains, evaluates and
 checkpoints exactly what DDP does: same weights (trained networks, EMA copies, discriminator) up to float
 summation order, same metrics, a single-file checkpoint that resumes. The evaluation draws 5 samples on 2 ranks
 in batches of 2 (rank 0 has two batches, rank 1 one): a sharded sampler deadlocks unless every rank makes the

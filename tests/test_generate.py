@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from fastgen.config import CONFIG_PATH, register_resolvers
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers
 
 
 def generate_cfg(tmp_path, *overrides):
@@ -22,8 +22,8 @@ def generate_cfg(tmp_path, *overrides):
 
 @pytest.mark.usefixtures("one_thread")
 def test_generate_writes_the_evaluations_samples(tmp_path):
-    from fastgen.eval.images import pixels_to_uint8
-    from fastgen.eval.run_eval import sample_and_decode
+    from fastgen.eval.metrics.images import pixels_to_uint8
+    from fastgen.eval.evaluator.run_eval import sample_and_decode
     from fastgen.evaluate import build_method
     from fastgen.generate import generate
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from fastgen.config import ASSETS
+from fastgen.runtime.config import ASSETS
 from fastgen.core import lcm_timesteps, strength_timestep
 from fastgen.generation.sampling import img2img, sample_pixels
 

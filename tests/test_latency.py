@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from fastgen.eval.latency import LATENCY_COLUMNS, LatencyMeter, called_weight_bytes
-from fastgen.eval.latency_pass import measure_leaderboard
-from fastgen.eval.leaderboard_io import append_rows, read_leaderboard
+from fastgen.eval.metrics.latency import LATENCY_COLUMNS, LatencyMeter, called_weight_bytes
+from fastgen.eval.evaluator.latency_pass import measure_leaderboard
+from fastgen.eval.leaderboard.io import append_rows, read_leaderboard
 from fastgen.methods.ufogen import UFOGen
 from fastgen.networks import build_random
 

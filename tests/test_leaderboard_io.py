@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastgen.eval.leaderboard_io import (
+from fastgen.eval.leaderboard.io import (
     ADDED_LATER, COLUMNS, LeaderboardError, append_rows, read_leaderboard, read_rows,
 )
 from fastgen.leaderboard import main

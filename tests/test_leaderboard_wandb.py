@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastgen.eval.leaderboard_io import append_rows
+from fastgen.eval.leaderboard.io import append_rows
 from fastgen.leaderboard import main
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastgen.core import alpha_sigma, q_posterior_mean_var
-from fastgen.methods.consistency_common import teacher_solver_step
+from fastgen.methods.consistency_distillation import teacher_solver_step
 from fastgen.methods.ddgan import DDGAN
 from fastgen.methods.siddm import SIDDM
 from fastgen.methods.ufogen import UFOGen

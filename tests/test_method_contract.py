@@ -41,8 +41,8 @@ def test_no_method_module_imports_the_evaluation_or_a_discriminator_class():
 
 
 def test_the_import_check_catches_an_import_inside_a_function():
-    tree = ast.parse("def f():\n    from fastgen.eval.aesthetic import load_aesthetic_scorer\n")
-    assert "fastgen.eval.aesthetic" in imported_modules(tree)
+    tree = ast.parse("def f():\n    from fastgen.eval.models.aesthetic import load_aesthetic_scorer\n")
+    assert "fastgen.eval.models.aesthetic" in imported_modules(tree)
     assert "fastgen.eval" in imported_modules(ast.parse("from fastgen import eval\n"))
 
 

@@ -6,10 +6,10 @@ import torch
 from hydra.utils import instantiate
 
 from fastgen.core import randn_per_sample
-from fastgen.eval.baseline import teacher_baseline
-from fastgen.eval.latency import LatencyMeter
-from fastgen.eval.run_eval import generate
-from fastgen.eval.settings import eval_settings
+from fastgen.eval.evaluator.baseline import teacher_baseline
+from fastgen.eval.metrics.latency import LatencyMeter
+from fastgen.eval.evaluator.run_eval import generate
+from fastgen.eval.evaluator.settings import eval_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from fastgen.data.points import PointsDataModule
-from fastgen.eval.leaderboard_io import COLUMNS
-from fastgen.eval.run_eval import real_data_row, run_eval
-from fastgen.eval.settings import eval_settings
+from fastgen.eval.leaderboard.io import COLUMNS
+from fastgen.eval.evaluator.run_eval import real_data_row, run_eval
+from fastgen.eval.evaluator.settings import eval_settings
 from fastgen.networks.points import build_points_random
 
 
@@ -74,7 +74,7 @@ def test_points_rows_score_a_data_sampler_near_the_floor_and_catch_the_condition
 
 
 def test_higher_dimensional_points_are_plotted_in_the_held_out_principal_plane(backbone, tmp_path):
-    from fastgen.eval.points import PointsMetricSuite
+    from fastgen.eval.evaluator.points import PointsMetricSuite
 
     dm = PointsDataModule(shape="patterns", num_points=640)
     suite = PointsMetricSuite.load(eval_settings(_settings(tmp_path)), dm)
@@ -89,8 +89,8 @@ def test_higher_dimensional_points_are_plotted_in_the_held_out_principal_plane(b
 
 
 def test_points_metrics_refuse_image_data_and_too_few_samples(backbone, tmp_path):
-    from fastgen.eval.metrics import MetricSuite
-    from fastgen.eval.points import PointsMetricSuite
+    from fastgen.eval.metrics.suite import MetricSuite
+    from fastgen.eval.evaluator.points import PointsMetricSuite
 
     class NotPoints:
         name = "mnist"

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from fastgen.data.points import PointsDataModule
 from fastgen.methods.ddgan import DDGAN
 from fastgen.methods.dmd import DMD
-from fastgen.methods.diffusion import Diffusion
+from fastgen.methods.teacher import TeacherTraining
 from fastgen.methods.dpm_solver import DPMSolverBaseline
 from fastgen.methods.lcm import LCM
 from fastgen.methods.siddm import SIDDM
@@ -24,7 +24,7 @@ from fastgen.networks.points import build_points_pretrained, build_points_random
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 METHODS = {
-    "diffusion": lambda bb, tmp: Diffusion(bb, export_dir=str(tmp / "teacher")),
+    "diffusion": lambda bb, tmp: TeacherTraining(bb, export_dir=str(tmp / "teacher")),
     "dpm_solver": lambda bb, tmp: DPMSolverBaseline(bb, guidance_scale=1.0),
     "ufogen": lambda bb, tmp: UFOGen(bb, eval_teacher=True, r1_gamma=1.0, r1_every=2),
     "ddgan": lambda bb, tmp: DDGAN(bb, eval_teacher=True, nz=4),

@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 import torch
 
-from fastgen.eval.points_metrics import coverage, energy_distance, knn_predict, knn_radii, precision_recall
+from fastgen.eval.metrics.points import coverage, energy_distance, knn_predict, knn_radii, precision_recall
 
 
 def _cloud(n, d, seed, shift=0.0, scale=1.0):
@@ -41,7 +41,7 @@ def test_energy_distance_matches_the_direct_double_sum():
 
 
 def test_energy_distance_does_not_depend_on_chunking(monkeypatch):
-    import fastgen.eval.points_metrics as pm
+    import fastgen.eval.metrics.points as pm
 
     x, y = _cloud(30, 2, 6), _cloud(25, 2, 7)
     whole = energy_distance(x, y)

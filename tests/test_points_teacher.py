@@ -8,9 +8,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fastgen.config import ASSETS
-from fastgen.eval.callback import FewStepEval
-from fastgen.eval.run_eval import run_eval
+from fastgen.runtime.config import ASSETS
+from fastgen.eval.evaluator.callback import FewStepEval
+from fastgen.eval.evaluator.run_eval import run_eval
 from fastgen.fit import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -46,6 +46,6 @@ def test_the_committed_teachers_load_for_their_shapes_and_use_the_mnist_text_enc
     assert backbone.sample_shape == (dim,) and backbone.prediction_type == "v_prediction"
     assert backbone.alphas_cumprod[-1] == 0
     record = json.loads((ASSETS / "points_teacher" / shape / "text_encoder.json").read_text())
-    from fastgen.eval.baseline import teacher_sha256
+    from fastgen.eval.evaluator.baseline import teacher_sha256
 
     assert teacher_sha256(backbone.text_encoder) == record["sha256"]  # the encoder it was trained with

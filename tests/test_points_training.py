@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, RandomSampler
 
 from fastgen.data.points import PointsDataModule, PointsDataset
-from fastgen.eval.points_metrics import energy_distance, precision_recall
+from fastgen.eval.metrics.points import energy_distance, precision_recall
 from fastgen.networks.points import build_points_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastgen.eval.imagereward import CLIP_MEAN, CLIP_STD, SCORE_MEAN, SCORE_STD
-from fastgen.eval.open_clip_models import clip_preprocess, resize_crop_normalise
-from fastgen.eval.rewards import DigitReward, build_reward
+from fastgen.eval.models.imagereward import CLIP_MEAN, CLIP_STD, SCORE_MEAN, SCORE_STD
+from fastgen.eval.models.open_clip import clip_preprocess, resize_crop_normalise
+from fastgen.eval.models.rewards import DigitReward, build_reward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,8 +66,8 @@ def imagereward_files(tmp_path_factory):
     BERT vocabulary folder."""
     from transformers import BertTokenizer
 
-    from fastgen.eval.aesthetic import AestheticMLP
-    from fastgen.eval.imagereward import text_config
+    from fastgen.eval.models.aesthetic import AestheticMLP
+    from fastgen.eval.models.imagereward import text_config
     from transformers.models.blip.modeling_blip_text import BlipTextModel
 
     folder = tmp_path_factory.mktemp("imagereward")
@@ -198,7 +198,7 @@ def test_pickscore_is_the_scaled_cosine_of_the_processors_inputs(pickscore_folde
 
 # -- the digit reward and the evaluation's reward columns ------------------------------------------------------
 def test_digit_reward_is_the_classifiers_log_probability_of_the_prompted_digit():
-    from fastgen.eval.digit_classifier import load_classifier, uint8_to_classifier_input
+    from fastgen.eval.models.digit_classifier import load_classifier, uint8_to_classifier_input
 
     reward = DigitReward()
     x = pixels(2, 28)
@@ -212,8 +212,8 @@ def test_digit_reward_is_the_classifiers_log_probability_of_the_prompted_digit()
 
 
 def test_reward_columns_only_where_their_files_are_set(tmp_path):
-    from fastgen.eval.metrics import MetricSuite, load_rewards
-    from fastgen.eval.settings import eval_settings
+    from fastgen.eval.metrics.suite import MetricSuite, load_rewards
+    from fastgen.eval.evaluator.settings import eval_settings
 
     assert load_rewards(eval_settings().rewards) == {}  # nothing configured: no column, no warning
     settings = eval_settings({"fid": {"enabled": False}, "clip": {"enabled": False}, "aesthetic": {"enabled": False},

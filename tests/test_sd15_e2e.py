@@ -17,9 +17,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from fastgen.config import CONFIG_PATH, register_resolvers
-from fastgen.eval.aesthetic import AestheticMLP
-from fastgen.eval.leaderboard_io import read_leaderboard
+from fastgen.runtime.config import CONFIG_PATH, register_resolvers
+from fastgen.eval.models.aesthetic import AestheticMLP
+from fastgen.eval.leaderboard.io import read_leaderboard
 from fastgen.networks.clip_tokenizer import build_clip_tokenizer
 from test_data_coco import write_coco
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastgen.core import alpha_sigma
-from fastgen.methods.diffusion import Diffusion
+from fastgen.methods.teacher import TeacherTraining
 from fastgen.methods.dpm_solver import DPMSolverBaseline, dpm_solver_sample
 from fastgen.networks import build_random
 
@@ -68,7 +68,7 @@ def test_sde_solver_draws_its_noise_from_the_generator_and_equals_the_ode_solver
 
 
 def test_diffusion_loss_is_zero_for_the_exact_noise_and_targets_follow_prediction_type(backbone):
-    method = Diffusion(backbone)
+    method = TeacherTraining(backbone)
     x0, noise, t = torch.randn(3, 1, 32, 32), torch.randn(3, 1, 32, 32), torch.tensor([0, 400, 999])
     assert torch.equal(method.diffusion_target(x0, noise, t), noise)
     backbone.prediction_type = "v_prediction"

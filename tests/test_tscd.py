@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from fastgen.core import mse, trailing_timesteps
 from fastgen.fit import run
-from fastgen.methods.consistency_common import empty_prompt_cond
+from fastgen.methods.consistency_distillation import empty_prompt_cond
 from fastgen.methods.tscd import TSCD, segment_boundary
 from fastgen.networks import build_random
 from test_lcm import assert_losses_fall, latent_batch, write_image_folder
@@ -269,10 +269,10 @@ def test_the_evaluation_writes_stage_rows_and_final_rows_as_separate_series(tmp_
     """run_eval on the points testbed: `tscd` N-step rows from the k = N stage (the snapshot named in `checkpoint`),
     `tscd@final` rows from the final model at every N; the table and plots show two series."""
     from fastgen.data.points import PointsDataModule
-    from fastgen.eval.leaderboard_io import read_leaderboard
-    from fastgen.eval.leaderboard_table import metric_table, summarise
-    from fastgen.eval.plots import metric_vs_steps
-    from fastgen.eval.run_eval import run_eval
+    from fastgen.eval.leaderboard.io import read_leaderboard
+    from fastgen.eval.leaderboard.table import metric_table, summarise
+    from fastgen.eval.leaderboard.plots import metric_vs_steps
+    from fastgen.eval.evaluator.run_eval import run_eval
 
     m, _ = _staged_tscd(tmp_path / "ckpts")
     settings = {"metrics": "points", "num_samples": 200, "batch_size": 200, "steps": [1, 2, 4, 8],

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from fastgen.methods.ddgan import DDGAN
 from fastgen.methods.dmd import DMD
-from fastgen.methods.diffusion import Diffusion
+from fastgen.methods.teacher import TeacherTraining
 from fastgen.methods.dpm_solver import DPMSolverBaseline
 from fastgen.methods.lcm import LCM
 from fastgen.methods.siddm import SIDDM
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 PROMPTS = ["a handwritten digit one", "a handwritten digit seven"]
 METHODS = {
-    "diffusion": lambda bb: Diffusion(bb),
+    "diffusion": lambda bb: TeacherTraining(bb),
     "dpm_solver": lambda bb: DPMSolverBaseline(bb, guidance_scale=2.0),
     "ufogen": lambda bb: UFOGen(bb, eval_teacher=False),
     "ddgan": lambda bb: DDGAN(bb, eval_teacher=False, nz=4),

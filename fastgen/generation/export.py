@@ -110,7 +110,7 @@ def unified_call(method) -> dict:
 
 def write_unified_recipe(method, out: Path) -> None:
     """Beside an exported TSCD LoRA: `scheduler/` (`unified_scheduler`) and `fastgen_export.json` with the call."""
-    from fastgen.atomic_write import write_text_atomic
+    from fastgen.core.atomic import write_text_atomic
 
     unified_scheduler(method).save_pretrained(out / "scheduler")
     write_text_atomic(out / "fastgen_export.json", json.dumps({
@@ -169,7 +169,7 @@ def export_method(method, out_dir, fmt: str = "pipeline", row: str | None = None
     """Write `method`'s sampling network to `out_dir` as `fmt` (pipeline | unet | lora), or the ControlNet a
     `method.controlnet` run trained (controlnet: a ControlNetModel folder, as `<run>/controlnet`); `row`: the
     pipeline's rows (`export_pipeline`)."""
-    from fastgen.methods.consistency_common import export_unet, save_lora
+    from fastgen.methods.consistency_distillation import export_unet, save_lora
     from fastgen.methods.controlnet import controlled_networks, sampling_controlnet, save_controlnet
 
     if fmt not in FORMATS:

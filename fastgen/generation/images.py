@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from fastgen.eval.grids import save_grid
-from fastgen.eval.images import pixels_to_uint8
+from fastgen.eval.evaluator.grids import save_grid
+from fastgen.eval.metrics.images import pixels_to_uint8
 
 
 def read_image(path, shape, key: str = "init_image") -> torch.Tensor:

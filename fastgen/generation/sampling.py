@@ -1,7 +1,7 @@
 """Text-to-image and image-to-image sampling for any method, on the evaluation's per-sample noises.
 
 Sample i of seed S uses the noise and sampler generator the evaluation gives its sample i at `eval.seed=S`
-(`fastgen.eval.run_eval.eval_noise` / `sampler_generators`), so `fastgen.generate` reproduces the evaluation's
+(`fastgen.eval.evaluator.run_eval.eval_noise` / `sampler_generators`), so `fastgen.generate` reproduces the evaluation's
 images. Image-to-image is SDEdit (Meng et al. 2022, arXiv 2108.01073): the encoded image x0 is noised with that
 same noise to the start time t_s the method's `start_time(strength)` selects, x_{t_s} = α_{t_s}·x0 + σ_{t_s}·ε, and
 the method's own sampler runs `steps` steps from t_s (`sample(..., t_start=t_s)`): one step for UFOGen at any
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from fastgen.core import q_sample
-from fastgen.eval.run_eval import eval_noise, method_device, sampler_generators
+from fastgen.eval.evaluator.run_eval import eval_noise, method_device, sampler_generators
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def img2img(method, x0: torch.Tensor, prompts, steps: int, strength: float, nois
 def row_source(method, steps: int, row: str | None):
     """The `RowSource` of `method`'s leaderboard rows labelled `<method><row>` at `steps` (`method.row_sources`): its
     `weights()` around the sampling reproduces those rows. None: the current weights and the method's own sampler."""
-    from fastgen.eval.run_eval import row_sources
+    from fastgen.eval.evaluator.run_eval import row_sources
     from fastgen.methods.base import RowSource
 
     if row is None:

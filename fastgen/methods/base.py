@@ -186,7 +186,7 @@ class FewStepMethod(L.LightningModule):
         return networks
 
     def configure_model(self) -> None:
-        """Under `trainer.strategy=fsdp` (fastgen.training.FSDP2Strategy, which sets `device_mesh`), shard every
+        """Under `trainer.strategy=fsdp` (fastgen.runtime.lightning_plugins.FSDP2Strategy, which sets `device_mesh`), shard every
         network in `sharded_networks` across the data-parallel ranks (`fastgen.methods.sharding`); frozen parts
         (teacher, text encoder, VAE) stay whole on every rank. A no-op under every other strategy."""
         if self.device_mesh is None or self._sharded:

@@ -1,6 +1,6 @@
 """Training a ControlNet (Zhang, Rao, Agrawala, ICCV 2023, arXiv 2302.05543) with a method's own objective.
 
-`method.controlnet: {...}` (built by `fastgen.build.instantiate_method`) turns any method into "its objective, with
+`method.controlnet: {...}` (built by `fastgen.runtime.build.instantiate_method`) turns any method into "its objective, with
 the generator frozen and a ControlNet trained": every generator network the method declares (`sharded_networks`
 without its critics: the online UNet and its EMA / target copy) becomes a `ControlledUNet` — the frozen UNet plus a
 ControlNet whose residuals it adds at every call, for the batch's control image. The method's code is unchanged: its
@@ -82,7 +82,7 @@ def _set(module, path, value):
 
 def load_generator(method, ckpt) -> None:
     """Load a trained checkpoint of this method (its state dict, strictly) into `method`: the generator to freeze."""
-    from fastgen.run_folder import read_checkpoint_header
+    from fastgen.runtime.run_folder import read_checkpoint_header
 
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"method.controlnet.generator_ckpt={ckpt} does not exist")

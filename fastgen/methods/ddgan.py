@@ -15,7 +15,7 @@ so D tells q(x_{t−1}, x_t) from p_θ(x_{t−1} | x_t)q(x_t): it matches the *c
 At the clean end (s = −1) x_{t−1} is x0 itself and the fake is x̂0 (the posterior has variance 0 there).
 One D step, then one G step on a fresh level and a fresh pair; Adam betas (0.5, 0.9); EMA of G for sampling.
 The generator, levels, pair, posterior fake, phases and sampler are `PosteriorChainGAN`'s
-(fastgen/methods/adversarial.py); this file says what D sees and what the losses are.
+(fastgen/methods/posterior_chain_gan.py); this file says what D sees and what the losses are.
 
 Losses logged (`train/<key>`): d_real, d_fake (D phase), d_r1 (on lazy-R1 D steps only), g_adv (G phase).
 
@@ -49,7 +49,8 @@ from __future__ import annotations
 import torch
 
 from fastgen.core import g_loss_softplus
-from fastgen.methods.adversarial import PosteriorChainGAN, discriminator_losses
+from fastgen.methods.gan_phases import discriminator_losses
+from fastgen.methods.posterior_chain_gan import PosteriorChainGAN
 
 
 class DDGAN(PosteriorChainGAN):

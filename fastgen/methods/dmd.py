@@ -56,9 +56,9 @@ from fastgen.core import (
     d_loss_softplus, distribution_matching_gradient, distribution_matching_loss, g_loss_softplus, mse,
     prediction_target, q_sample,
 )
-from fastgen.methods.adversarial import adversarial_phase
+from fastgen.methods.gan_phases import adversarial_phase
 from fastgen.methods.base import FewStepMethod
-from fastgen.methods.consistency_common import empty_prompt_cond
+from fastgen.methods.consistency_distillation import empty_prompt_cond
 from fastgen.methods.dpm_solver import dpm_solver_sample
 from fastgen.networks.encoder_heads import EncoderLogitHead
 

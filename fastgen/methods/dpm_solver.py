@@ -75,7 +75,7 @@ def dpm_solver_sample(backbone, unet, noise, prompts, steps: int, guidance_scale
 class DPMSolverBaseline(FewStepMethod):
     """DPM-Solver++ (`algorithm_type` in SOLVERS) with CFG on a teacher: no training, any number of steps. The teacher
     is the backbone's UNet (`method=dpm_solver`), or `teacher`, a distilled method's frozen `teacher_unet` (the
-    evaluation's baseline rows, fastgen.eval.baseline): both share one baseline cache, keyed by the teacher's weights."""
+    evaluation's baseline rows, fastgen.eval.evaluator.baseline): both share one baseline cache, keyed by the teacher's weights."""
 
     name = "dpm_solver"
 

@@ -43,7 +43,7 @@ random numbers, so a method without feedback trains bit for bit as before. A sta
 x̂0 (TSCD's one-step DMD stage: its sample from pure noise, the one-step chain) takes the term on it with
 `loss(backbone, x0_hat, prompts)`. The reward model is never a module of the method (its frozen weights stay out of
 checkpoints): the entry point builds it from `method.reward` and passes it in as `reward_fn`
-(fastgen.build.instantiate_method), since nothing under fastgen/methods imports fastgen/eval.
+(fastgen.runtime.build.instantiate_method), since nothing under fastgen/methods imports fastgen/eval.
 
 Config keys (every method that offers feedback): `reward` (the reward model's spec, {name: ..., weights: ...}),
 `reward_weight`, `reward_t_range` ([t_min, t_max] timestep indices), `reward_margin` (null: −r), `reward_source`
@@ -127,10 +127,10 @@ class RewardFeedback:
         `chain_steps_default` names what a null `reward_chain_steps` means for the method (None: it must be set)."""
         if reward is not None and reward_fn is None:
             raise ValueError(f"method.reward={reward} asks for a reward model that was not passed in: build the method "
-                             "with fastgen.build.instantiate_method (as fastgen.fit and fastgen.evaluate do)")
+                             "with fastgen.runtime.build.instantiate_method (as fastgen.fit and fastgen.evaluate do)")
         if weight and reward_fn is None:
             raise ValueError("method.reward_weight > 0 needs a reward model: set method.reward (e.g. {name: digit} "
-                             "on MNIST, {name: imagereward, weights: /path/ImageReward.pt, ...}; fastgen/eval/rewards.py)")
+                             "on MNIST, {name: imagereward, weights: /path/ImageReward.pt, ...}; fastgen/eval/models/rewards.py)")
         if weight < 0:
             raise ValueError(f"method.reward_weight={weight} must be >= 0 (the reward is maximised)")
         t_range = list(t_range)

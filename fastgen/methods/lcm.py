@@ -61,32 +61,18 @@ from fastgen.core import (
     append_dims, consistency_output, guidance_scale_embedding, lcm_solver_grid, lcm_timesteps, prediction_unit_weights,
     mse, pseudo_huber, q_sample,
 )
-from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student
-from fastgen.methods.consistency_common import (
+from fastgen.methods.consistency_distillation import (
     ConsistencyDistillation,
     empty_prompt_cond,
     sampling_noise,
     solver_grid_pairs,
     teacher_solver_step,
 )
+from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student
+from fastgen.networks.surgery import add_time_cond_input
 
 LOSSES = ("huber", "l2")
 TIMESTEP_WEIGHTINGS = ("none", "prediction")
-
-
-def add_guidance_embedding(unet, dim: int):
-    """A copy of `unet` (a diffusers UNet or another network with its `time_cond_proj_dim` config key) with
-    `time_cond_proj_dim=dim` (LCM's ω input), teacher weights loaded, the new projection zero-initialised so its
-    output equals the teacher's for every ω."""
-    student = type(unet).from_config(unet.config, time_cond_proj_dim=dim)
-    result = student.load_state_dict(unet.state_dict(), strict=False)
-    if result.unexpected_keys or set(result.missing_keys) != {"time_embedding.cond_proj.weight"}:
-        raise RuntimeError(f"loading the teacher into the ω-conditioned student: missing {result.missing_keys}, "
-                           f"unexpected {result.unexpected_keys}")
-    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
-    if unet.is_gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    return student
 
 
 class LCM(ConsistencyDistillation):
@@ -143,7 +129,7 @@ class LCM(ConsistencyDistillation):
         self.guidance_scale = self.sample_guidance if guidance_embed_dim else 0.0
         self.init_networks(
             self.sample_guidance, teacher_dtype, lora_rank, lora_alpha, target_ema_decay,
-            make_student=(lambda unet: add_guidance_embedding(unet, guidance_embed_dim)) if guidance_embed_dim else None,
+            make_student=(lambda unet: add_time_cond_input(unet, guidance_embed_dim, init_std=0.0)) if guidance_embed_dim else None,
         )
         if self.lora:
             self.name = "lcm_lora"

@@ -1,6 +1,6 @@
 """FSDP for fastgen methods: how a network is sharded, and how it is read back whole.
 
-Under `trainer.strategy=fsdp` (`fastgen.training.FSDP2Strategy`: PyTorch's FSDP2, `fully_shard`, through
+Under `trainer.strategy=fsdp` (`fastgen.runtime.lightning_plugins.FSDP2Strategy`: PyTorch's FSDP2, `fully_shard`, through
 Lightning's ModelParallelStrategy) each method's `configure_model` shards the networks it lists in
 `sharded_networks` — the trained ones and their EMA copies — with `shard_network`. Every UNet block is its
 own FSDP unit: its parameters are gathered for its forward and its backward and freed after. FSDP2 keeps a
@@ -9,7 +9,7 @@ LoRA (frozen base weights, trainable adapters) work as they do unsharded; an EMA
 is averaged shard by shard, with no communication.
 
 Sampling with a sharded network is collective (every rank gathers the same blocks), so the evaluation gives
-every rank the same number of sampling calls (`fastgen.eval.run_eval.generate`); exports gather the whole
+every rank the same number of sampling calls (`fastgen.eval.evaluator.run_eval.generate`); exports gather the whole
 network first (`whole_network`).
 """
 

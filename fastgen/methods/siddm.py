@@ -14,7 +14,7 @@ level t with the level s below it (s = −1, clean, below the first level):
 
 At the clean end (s = −1) x_{t−1} is x0 and the fake is x̂0. One D step, then one G step on a fresh level
 and pair; EMA of G for sampling. The generator, levels, pair, posterior fake, phases and sampler are
-`PosteriorChainGAN`'s (fastgen/methods/adversarial.py), shared with DDGAN; this file says what D sees and
+`PosteriorChainGAN`'s (fastgen/methods/posterior_chain_gan.py), shared with DDGAN; this file says what D sees and
 what the losses are.
 
 Losses logged (`train/<key>`): d_real, d_fake (D phase), d_r1 (lazy-R1 D steps only), g_adv, g_afd (G phase).
@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from fastgen.core import g_loss_softplus, q_step
-from fastgen.methods.adversarial import PosteriorChainGAN, discriminator_losses
+from fastgen.methods.gan_phases import discriminator_losses
+from fastgen.methods.posterior_chain_gan import PosteriorChainGAN
 
 
 class SIDDM(PosteriorChainGAN):

@@ -42,7 +42,7 @@ Optional terms (off by default):
   against real q(x_{t_e} | x0), judged by the backbone's D (`Backbone.build_discriminator`; for a UNet the teacher
   UNet's encoder, conditioned on t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and
   `d_real`, `d_fake`).
-- `reward` (a reward model's spec, fastgen/eval/rewards.py) with `reward_weight`, `reward_t_range`, `reward_margin`:
+- `reward` (a reward model's spec, fastgen/eval/models/rewards.py) with `reward_weight`, `reward_t_range`, `reward_margin`:
   Hyper-SD's human-feedback term (Sec. 3.3), ReFL on the student's x̂0 at a timestep in the range
   (fastgen/methods/feedback.py), added to the consistency loss (which stays on); logged as `refl`. x_t is the online
   student's own chain (`reward_source: chain`): this sampler (DDIM, or TCD's γ-step at `sample_eta`) from noise on the
@@ -87,15 +87,15 @@ from pathlib import Path
 
 import torch
 
-from fastgen.atomic_write import save_torch_atomic
+from fastgen.core.atomic import save_torch_atomic
 from fastgen.core import (
     append_dims, d_loss_softplus, ddim_step, distribution_matching_loss, g_loss_softplus, lcm_timesteps, mse, q_sample,
     q_step, trailing_timesteps,
 )
-from fastgen.methods.adversarial import adversarial_phase
+from fastgen.methods.gan_phases import adversarial_phase
 from fastgen.methods.base import FINAL_MODEL, RowSource
 from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student
-from fastgen.methods.consistency_common import (
+from fastgen.methods.consistency_distillation import (
     ConsistencyDistillation,
     empty_prompt_cond,
     sampling_noise,

@@ -76,23 +76,15 @@ from fastgen.core import (
     randn_per_sample,
     trailing_timesteps,
 )
-from fastgen.methods.adversarial import (
+from fastgen.methods.gan_phases import (
     adversarial_phase, check_r1_options, discriminator_losses, lazy_r1_weight, prepare_discriminator_for_r1,
 )
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student
+from fastgen.networks.lora import ATTENTION_TARGETS, add_lora
 
 GAN_LOSSES = {"softplus": (d_loss_softplus, g_loss_softplus), "clamped_bce": (d_loss_clamped_bce, g_loss_clamped_bce)}
 REC_WEIGHTINGS = ("uniform", "snr")
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def add_lora(unet, rank: int, alpha: float | None) -> None:
-    """Freeze `unet` and inject trainable peft LoRA adapters (B initialised to zero) into its attention projections."""
-    from peft import LoraConfig
-
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
 
 
 class UFOGen(FewStepMethod):
@@ -150,7 +142,7 @@ class UFOGen(FewStepMethod):
         if eval_teacher:
             self.set_teacher(unet, teacher_guidance_scale)
         if lora_rank > 0:
-            add_lora(unet, lora_rank, lora_alpha)
+            add_lora(unet, lora_rank, lora_alpha, ATTENTION_TARGETS, init="gaussian")
         self.ema_unet = self.make_ema(unet)  # with LoRA, only the adapters move (update_ema)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self.d_loss_fn, self.g_loss_fn = GAN_LOSSES[gan_loss]
