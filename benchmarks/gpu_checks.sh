@@ -47,10 +47,10 @@ stage sample_eager 180 $py benchmarks/speed_sampling.py --model "$model" --dtype
 
 $py -c "import sys; sys.path.insert(0, 'benchmarks'); from speed_training import write_random_images as w; \
 w('$tmp/images32', 16, 32)"
-fsdp_all() {  # every tiny experiment for 4 steps under FSDP2 (DDGAN/SIDDM with the finite-difference R1)
-    for e in ufogen_tiny ddgan_tiny siddm_tiny lcm_tiny tscd_tiny; do
-        local r1=(); [[ $e == ddgan_tiny || $e == siddm_tiny ]] && r1=(method.r1_sigma=0.05)
-        $py -m fastgen.fit experiment=$e "data.root=$tmp/images32" trainer.strategy=fsdp trainer.accelerator=$accelerator \
+fsdp_all() {  # every latent experiment's tiny version for 4 steps under FSDP2 (DDGAN/SIDDM: finite-difference R1)
+    for e in ufogen_sd15 ddgan_sd15 siddm_sd15 lcm_sd15 tscd_sd15; do
+        local r1=(); [[ $e == ddgan_sd15 || $e == siddm_sd15 ]] && r1=(method.r1_sigma=0.05)
+        $py -m fastgen.fit experiment=$e debug=tiny "data.root=$tmp/images32" trainer.strategy=fsdp trainer.accelerator=$accelerator \
             trainer.max_steps=4 logger=none "paths.runs_dir=$tmp/runs" run_name=fsdp_$e "${r1[@]}" || return 1
         echo "fsdp $e: trained, $(ls $tmp/runs/fsdp_$e/checkpoints)"
     done

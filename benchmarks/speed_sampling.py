@@ -9,7 +9,7 @@ Bare work for a method at `steps`: encoding the prompts (and the empty prompt wh
 forward passes of the bare UNet at the batch size (CFG counts twice), and the VAE decode -- each timed alone.
 The printed overhead ratio is (sample + decode) / bare; 1.0 means the framework adds nothing; `all eager method
 rows` is the ratio of the sums over every method, batch and step count (steadier than single rows on a busy machine). Methods are built
-from their `*_tiny` experiments (random init: speed does not depend on the weights). With `--model sd15_random`
+from their `*_sd15` experiments with `debug=tiny` (random init: speed does not depend on the weights). With `--model sd15_random`
 and a GPU this is the SD1.5-size benchmark (add `--dtype bf16`: text encoder and VAE in bf16, UNets under bf16
 autocast, as `trainer.precision=bf16-mixed` runs them); ms/img and img/s are per generated image.
 `--variants` are applied in order to the same models: `channels_last` converts every module and the noise to
@@ -32,14 +32,13 @@ from fastgen.runtime.build import build_from_config  # noqa: E402
 
 from fastgen.runtime.config import CONFIG_PATH, register_resolvers  # noqa: E402
 
-EXPERIMENTS = {"ufogen": "ufogen_tiny", "ddgan": "ddgan_tiny", "siddm": "siddm_tiny", "lcm": "lcm_tiny",
-               "tscd": "tscd_tiny"}
+EXPERIMENTS = {m: f"{m}_sd15" for m in ("ufogen", "ddgan", "siddm", "lcm", "tscd")}
 
 
 def build(experiment, model, tmp, device, overrides=()):
     register_resolvers()
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}", f"experiment_name={experiment}",
+        cfg = compose("config", overrides=[f"experiment={experiment}", "debug=tiny", f"experiment_name={experiment}",
                                            f"model={model}", f"paths.runs_dir={tmp}", f"paths.output_dir={tmp}/run",
                                            f"paths.cache_dir={tmp}/cache", *overrides])
     method, _ = build_from_config(cfg)

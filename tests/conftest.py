@@ -16,14 +16,15 @@ from fastgen.runtime.config import CONFIG_PATH, register_resolvers  # noqa: E402
 
 
 def compose_experiment(name: str, tmp_path, overrides=()) -> DictConfig:
-    """The config `python -m fastgen.fit experiment=NAME debug=fast *overrides` runs, with outputs in tmp_path."""
+    """The config `python -m fastgen.fit experiment=NAME debug=fast *overrides` runs (debug=tiny among the overrides
+    replaces debug=fast: it is fast's few steps on the tiny latent backbone), with outputs in tmp_path."""
     register_resolvers()
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         return compose(
             "config",
             overrides=[
                 f"experiment={name}",
-                "debug=fast",
+                *(["debug=fast"] if "debug=tiny" not in overrides else []),
                 f"experiment_name={name}",
                 f"run_name=test_{name}",
                 f"paths.runs_dir={tmp_path}/runs",

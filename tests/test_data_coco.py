@@ -134,7 +134,7 @@ def test_doctor_reports_whether_the_coco_folder_is_complete(tmp_path, capsys):
 
     def doctor(n):
         with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-            cfg = compose("config", overrides=["experiment=ufogen_tiny", "eval=coco5k", f"eval.coco_root={root}",
+            cfg = compose("config", overrides=["experiment=ufogen_sd15", "debug=tiny", "eval=coco5k", f"eval.coco_root={root}",
                                                f"eval.num_samples={n}", "data.resolution=16", f"data.root={tmp_path}",
                                                f"paths.cache_dir={tmp_path}/cache"])
         return report(cfg), capsys.readouterr().out

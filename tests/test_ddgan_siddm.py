@@ -261,6 +261,6 @@ def test_siddm_tiny_latent_experiment_runs(experiment_cfg, tmp_path):
         Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(root / f"{i}.png")
         lines.append(json.dumps({"file_name": f"{i}.png", "text": f"noise picture {i}"}))
     (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    method = run(experiment_cfg("siddm_tiny", f"data.root={root}"))
+    method = run(experiment_cfg("siddm_sd15", "debug=tiny", f"data.root={root}"))
     assert method.images_seen.item() == 4  # debug=fast: 2 optimizer steps = 1 D+G step of batch 4
     assert {"train/g_afd", "train/d_r1"} <= set(method.trainer.callback_metrics)

@@ -304,7 +304,7 @@ def tiny_cache(tmp_path, resolution=32, n=4):
         Image.fromarray(np.full((40, 36, 3), 50 * i, dtype=np.uint8)).save(root / f"{i}.png")
         lines.append(json.dumps({"file_name": f"{i}.png", "text": f"a square of grey {i}"}))
     (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    backbone = instantiate(compose_experiment("ufogen_tiny", tmp_path, ["data.root=x"]).model).eval()
+    backbone = instantiate(compose_experiment("ufogen_sd15", tmp_path, ["debug=tiny", "data.root=x"]).model).eval()
     cache_latents(root, backbone, tmp_path / "cache", model_id="tiny", resolution=resolution, batch_size=2)
     return tmp_path / "cache"
 
@@ -314,11 +314,12 @@ def cache_32(tmp_path_factory):
     return tiny_cache(tmp_path_factory.mktemp("cache"))
 
 
-@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.endswith(("_sd15", "_tiny"))])
-def test_latent_cache_composes_with_every_sd15_and_tiny_experiment(name, cache_32, tmp_path):
+@pytest.mark.parametrize("debug", ["fast", "tiny"])
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.endswith("_sd15")])
+def test_latent_cache_composes_with_every_sd15_experiment_and_its_tiny_version(name, debug, cache_32, tmp_path):
     from hydra.utils import instantiate
 
-    cfg = compose_experiment(name, tmp_path, ["data=latent_cache", f"data.cache_dir={cache_32}"])
+    cfg = compose_experiment(name, tmp_path, [f"debug={debug}", "data=latent_cache", f"data.cache_dir={cache_32}"])
     datamodule = instantiate(cfg.data, _convert_="all")
     if cfg.data.resolution == 32:
         datamodule.setup()
@@ -329,7 +330,7 @@ def test_latent_cache_composes_with_every_sd15_and_tiny_experiment(name, cache_3
 
 
 def test_tiny_experiment_trains_from_a_latent_cache(cache_32, tmp_path):
-    method = run(compose_experiment("ufogen_tiny", tmp_path, ["data=latent_cache", f"data.cache_dir={cache_32}"]))
+    method = run(compose_experiment("ufogen_sd15", tmp_path, ["debug=tiny", "data=latent_cache", f"data.cache_dir={cache_32}"]))
     assert method.images_seen.item() == 4
 
 

@@ -118,15 +118,17 @@ def test_losses_finite_and_falling(tiny):
 def test_stage_switching_checkpoint_and_resume(experiment_cfg, tmp_path):
     folder = write_image_folder(tmp_path / "images")
     # batch 4 = 0.004 kimg per step: a stage ends every step (the stage is chosen from kimg before the step)
-    common = (f"data.root={folder}", "method.stage_kimg=[0.004,0.004,0.004,0.004]", "trainer.max_kimg=null")
-    metrics = tmp_path / "runs/test_tscd_tiny/logs/metrics.csv"
+    # the full student (tscd_sd15 trains a LoRA): every stage snapshot holds the whole sampling network
+    common = (f"data.root={folder}", "method.stage_kimg=[0.004,0.004,0.004,0.004]", "trainer.max_kimg=null",
+              "method.lora_rank=null")
+    metrics = tmp_path / "runs/test_tscd_sd15/logs/metrics.csv"
 
     def logged_segments():
         return [float(r["train/segments"]) for r in csv.DictReader(open(metrics)) if r.get("train/segments")]
 
-    method = run(experiment_cfg("tscd_tiny", *common))
+    method = run(experiment_cfg("tscd_sd15", "debug=tiny", *common))
     assert method.segments_now.item() == 4 and method.stage.item() == 1 and logged_segments() == [8, 4]
-    ckpt_file = tmp_path / "runs/test_tscd_tiny/checkpoints/last.ckpt"
+    ckpt_file = tmp_path / "runs/test_tscd_sd15/checkpoints/last.ckpt"
     ckpt = torch.load(ckpt_file, weights_only=True)
     assert ckpt["state_dict"]["segments_now"].item() == 4 and ckpt["state_dict"]["stage"].item() == 1
     assert not any(k.startswith(("teacher_unet.", "backbone.vae.", "backbone.text_encoder.")) for k in ckpt["state_dict"])
@@ -137,7 +139,7 @@ def test_stage_switching_checkpoint_and_resume(experiment_cfg, tmp_path):
     assert sorted(p.name for p in folder.glob("tscd_stage*")) == ["tscd_stage1_k8.pt"]
     first = (folder / "tscd_stage1_k8.pt").read_bytes(), (folder / "tscd_stage1_k8.pt").stat().st_mtime_ns
 
-    resumed = run(experiment_cfg("tscd_tiny", *common, "ckpt_path=last", "trainer.max_steps=4"))
+    resumed = run(experiment_cfg("tscd_sd15", "debug=tiny", *common, "ckpt_path=last", "trainer.max_steps=4"))
     # the resumed run continues the run's log: the stages before the resume, then the last two
     assert resumed.segments_now.item() == 1 and resumed.stage.item() == 3 and logged_segments() == [8, 4, 2, 1]
     # stage 1's snapshot is kept as it was; stages 2 and 3 ended in the resumed run: stage 2 with the weights the

@@ -306,7 +306,7 @@ def test_sd15_experiment_without_weights_fails_before_training(experiment_cfg, t
 
 def test_tiny_experiment_runs(experiment_cfg, tmp_path):
     folder = write_image_folder(tmp_path / "images")
-    method = run(experiment_cfg("ufogen_tiny", f"data.root={folder}"))
+    method = run(experiment_cfg("ufogen_sd15", "debug=tiny", f"data.root={folder}"))
     assert method.images_seen.item() == 4
 
 

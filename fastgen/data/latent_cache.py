@@ -222,7 +222,7 @@ def cache_resolution(index):
 class LatentCacheDataModule(L.LightningDataModule):
     """Batches {"latent", "prompt_embeds", "prompt"} from a cache written by `build_latent_cache`.
 
-    `resolution`: the pixel resolution the experiment trains at (the `*_sd15` and `*_tiny` experiments set
+    `resolution`: the pixel resolution the experiment trains at (the `*_sd15` experiments and `debug=tiny` set
     `data.resolution`); it must be the one the cache was encoded at (`--resolution` of fastgen.cache_latents)."""
 
     def __init__(self, cache_dir, batch_size=4, num_workers=0, resolution=None):
