@@ -40,8 +40,8 @@ and a point on a boundary belongs to the segment below it (the sampler's next st
 Optional terms (off by default):
 - `adv_weights` (one weight per stage, e.g. rising as k falls): a non-saturating GAN term on Φ_θ(x_{t_n} → t_e)
   against real q(x_{t_e} | x0), judged by the backbone's D (`Backbone.build_discriminator`; for a UNet the teacher
-  UNet's encoder, conditioned on t_e and the prompt), trained alongside with its own AdamW; logged as `adv` (and
-  `d_real`, `d_fake`).
+  UNet's encoder, conditioned on t_e and the prompt), trained alongside with its own AdamW (the GAN phases of `gan_phases`); logged
+  weighted as `adv` (and `d_real`, `d_fake`).
 - `reward` (a reward model's spec, fastgen/eval/models/rewards.py) with `reward_weight`, `reward_t_range`, `reward_margin`:
   Hyper-SD's human-feedback term (Sec. 3.3), ReFL on the student's x̂0 at a timestep in the range
   (fastgen/methods/feedback.py), added to the consistency loss (which stays on); logged as `refl`. x_t is the online
@@ -87,12 +87,12 @@ from pathlib import Path
 
 import torch
 
-from fastgen.core.atomic import save_torch_atomic
 from fastgen.core import (
-    append_dims, d_loss_softplus, ddim_step, distribution_matching_loss, g_loss_softplus, lcm_timesteps, mse, q_sample,
+    append_dims, ddim_step, distribution_matching_loss, g_loss_softplus, lcm_timesteps, mse, q_sample,
     q_step, trailing_timesteps,
 )
-from fastgen.methods.gan_phases import adversarial_phase
+from fastgen.core.atomic import save_torch_atomic
+from fastgen.methods.gan_phases import adversarial_phase, discriminator_losses
 from fastgen.methods.base import FINAL_MODEL, RowSource
 from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student
 from fastgen.methods.consistency_distillation import (
@@ -439,37 +439,36 @@ class TSCD(DistributionMatching, ConsistencyDistillation):
             self.log_losses(losses, x0.shape[0])
             self.log("train/segments", 0.0, on_step=True, on_epoch=False, batch_size=x0.shape[0])
             return
-        # 2. t_n on the solver grid; student and target mapped to its segment boundary (teacher's DDIM step between)
-        t_n, _ = solver_grid_pairs(x0.shape[0], bb.num_train_timesteps, hp.num_ddim_timesteps, x0.device)
-        student, x0_hat, target, t_end = self.consistency_pair(x0, torch.randn_like(x0), t_n, cond, uncond, k)
-        losses = {"consistency": mse(student, target)}
-        loss = losses["consistency"]
-        # 3. optional adversarial term on the student's boundary sample
+        # 2. generator phase: t_n on the solver grid, student and target mapped to its segment boundary (teacher's
+        #    DDIM step between), the consistency loss, the optional adversarial and reward terms; then the EMA target
         adv_weight = self.adv_weights[int(self.stage)] if self.adv_weights else 0.0
-        if adv_weight:
-            losses["adv"] = g_loss_softplus(self.discriminator(student, t_end.clamp(min=0), cond))
-            loss = loss + adv_weight * losses["adv"]
-        # 4. optional reward feedback (ReFL) on the student's x̂0 at a late timestep of its own chain
-        loss = loss + self.feedback.add(losses, bb, x0, cond, batch.get("prompt"), self.reward_student(k))
-        # 5. generator step, then the EMA target
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
-        opt_g.step()
+        boundary = {}
+        losses = adversarial_phase(self, opt_g, lambda: self.g_losses(x0, cond, uncond, batch.get("prompt"), k, adv_weight, boundary),
+                                   hp.grad_clip)
         self.lr_schedulers().step()
         self.update_target()
-        # 6. discriminator step: real q(x_{t_e} | x0) against the (detached) student sample
+        # 3. discriminator phase: real q(x_{t_e} | x0) against the (detached) student sample at the boundary t_e
         if adv_weight:
-            real = q_sample(x0, t_end, torch.randn_like(x0), bb.alphas_cumprod)
-            t_d = t_end.clamp(min=0)
-            d_real, d_fake = d_loss_softplus(self.discriminator(real, t_d, cond), self.discriminator(student.detach(), t_d, cond))
-            opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(d_real + d_fake)
-            opt_d.step()
-            losses.update(d_real=d_real, d_fake=d_fake)
+            real = q_sample(x0, boundary["t_end"], torch.randn_like(x0), bb.alphas_cumprod)
+            t_d = boundary["t_end"].clamp(min=0)
+            losses |= adversarial_phase(self, opt_d, lambda: discriminator_losses(self.discriminator, real, boundary["student"], t_d, cond))
         self.count_images(x0.shape[0])
         self.log_losses(losses, x0.shape[0])
         self.log("train/segments", float(k), on_step=True, on_epoch=False, batch_size=x0.shape[0])
+
+    def g_losses(self, x0, cond, uncond, prompts, k: int, adv_weight: float, boundary: dict) -> dict[str, torch.Tensor]:
+        """The student's named terms: `consistency` ‖Φ_θ(x_{t_n} → t_e) − Φ_target(x̂_{t_{n−1}} → t_e)‖², `adv`
+        (weighted non-saturating GAN term on the student's boundary sample) and `refl`; the boundary sample and t_e
+        are left in `boundary` for the discriminator phase."""
+        bb = self.backbone
+        t_n, _ = solver_grid_pairs(x0.shape[0], bb.num_train_timesteps, self.hparams.num_ddim_timesteps, x0.device)
+        student, _, target, t_end = self.consistency_pair(x0, torch.randn_like(x0), t_n, cond, uncond, k)
+        boundary.update(student=student.detach(), t_end=t_end)
+        losses = {"consistency": mse(student, target)}
+        if adv_weight:
+            losses["adv"] = adv_weight * g_loss_softplus(self.discriminator(student, t_end.clamp(min=0), cond))
+        self.feedback.add(losses, bb, x0, cond, prompts, self.reward_student(k))
+        return losses
 
     def reward_student(self, k: int) -> Student:
         """The online student for feedback: its x̂0, its chain this sampler (DDIM, or TCD's γ-step at `sample_eta`) on
