@@ -46,6 +46,19 @@ def test_checkpoint_config_falls_back_to_the_run_folder(tmp_path):
     assert checkpoint_config(ckpt, {}) == {"method": {"name": "x"}}
 
 
+def test_a_checkpoint_of_a_moved_method_class_finds_it(tmp_path):
+    """A teacher checkpoint written before issue 20 names `fastgen.methods.diffusion.Diffusion`; it loads as the
+    class's new name, and the class it names exists."""
+    from hydra.utils import get_class
+
+    from fastgen.eval.evaluator.checkpoint import MOVED_TARGETS
+
+    old = {"fastgen_config": {"method": {"_target_": "fastgen.methods.diffusion.Diffusion", "lr": 1.0}}}
+    config = checkpoint_config(tmp_path / "last.ckpt", old)
+    assert config["method"] == {"_target_": "fastgen.methods.teacher.TeacherTraining", "lr": 1.0}
+    assert all(get_class(new) for new in MOVED_TARGETS.values())
+
+
 def test_doctor_lists_assets_and_the_keys_to_set(tmp_path, capsys):
     from fastgen.doctor import report
 

@@ -28,9 +28,9 @@ def checkpoint_config(ckpt_path, checkpoint):
     """The experiment config of a checkpoint (a plain dict, moved method classes renamed), or a FileNotFoundError
     saying where it looked."""
     config = checkpoint.get("fastgen_config") or _run_folder_config(ckpt_path)
-    target = config["method"].get("_target_")
-    if target in MOVED_TARGETS:
-        config["method"]["_target_"] = MOVED_TARGETS[target]
+    method = config.get("method") or {}
+    if method.get("_target_") in MOVED_TARGETS:
+        method["_target_"] = MOVED_TARGETS[method["_target_"]]
     return config
 
 
