@@ -1,31 +1,49 @@
-"""Atomic writes (text, or torch.save): write to a temporary file in the same folder, then `os.replace` it into place, so a
-reader never sees a half-written file (leaderboards, caches, state files, the README block, CSV logs). A write
-that fails removes its temporary file."""
+"""Atomic writes: write to a temporary path beside the target (`.<name>.<pid>.tmp<suffix>`), then `os.replace` it
+into place, so a reader never sees a half-written file or folder (checkpoints, leaderboards, caches, state files,
+images, exported models). A write that fails removes its temporary path; one killed outright leaves it, and
+`fastgen.runtime.run_folder` removes such files when the run starts again."""
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
+
+TMP_MARK = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ""):
+    """Yield a temporary path beside `path` (its folder created) to write a file or a folder into; when the block
+    ends without an error it replaces `path` (a folder there is removed first). `suffix` keeps the extension a
+    writer infers its format from (".png", ".npz")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_MARK}{suffix}")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def save_torch_atomic(obj, path) -> None:
-    """`torch.save(obj)` to `path` the same way (its folder created if needed; the temporary file is
-    `.<name>.tmp<pid>`, what `fastgen.runtime.run_folder` removes when a killed save left it)."""
+    """`torch.save(obj)` to `path` the same way."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ built from other data or another encoder is an error, never silently mixed in.
 import bisect
 import contextlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from fastgen.core.atomic import write_text_atomic
+from fastgen.core.atomic import atomic_path, write_text_atomic
 from fastgen.data.errors import DataError
 from fastgen.data.loading import require_keys, shuffled_loader
 from fastgen.data.prompts import prompts_sha256, sample_prompts
@@ -59,10 +58,9 @@ def _write_json(path, obj):
 
 
 def _write_shard(path, latent, prompt_embeds, prompts, fingerprint):
-    tmp = path.with_name(f".{path.name}.tmp")
     metadata = {"fingerprint": fingerprint, "count": str(len(prompts)), "prompts_sha256": prompts_sha256(prompts)}
-    save_file({"latent": latent.contiguous(), "prompt_embeds": prompt_embeds.contiguous()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"latent": latent.contiguous(), "prompt_embeds": prompt_embeds.contiguous()}, tmp, metadata=metadata)
 
 
 def _shard_metadata(path, fingerprint):

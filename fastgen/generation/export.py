@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from pathlib import Path
 
 from torch import nn
+
+from fastgen.core.atomic import atomic_path, write_text_atomic
 
 FORMATS = ("pipeline", "unet", "lora", "controlnet")
 UFOGEN_TIMESTEP_SCALING = 1.0e6  # c_skip(t) = 0.25 / ((1e6 t)^2 + 0.25) < 3e-13 for t >= 1: the step is x̂0
@@ -110,8 +110,6 @@ def unified_call(method) -> dict:
 
 def write_unified_recipe(method, out: Path) -> None:
     """Beside an exported TSCD LoRA: `scheduler/` (`unified_scheduler`) and `fastgen_export.json` with the call."""
-    from fastgen.core.atomic import write_text_atomic
-
     unified_scheduler(method).save_pretrained(out / "scheduler")
     write_text_atomic(out / "fastgen_export.json", json.dumps({
         "method": method.name, "scheduler": "TCDScheduler", "rows": f"{method.name}@unified",
@@ -119,12 +117,6 @@ def write_unified_recipe(method, out: Path) -> None:
         "note": "pipe.load_lora_weights(DIR); pipe.scheduler = TCDScheduler.from_pretrained(DIR, subfolder='scheduler'); "
                 "pipe(prompt, num_inference_steps=N, **call) reproduces fastgen's unified sampler",
     }, indent=2) + "\n")
-
-
-def _replace_dir(tmp: Path, out: Path) -> Path:
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
 
 
 def export_pipeline(method, out_dir, row: str | None = None) -> Path:
@@ -152,17 +144,15 @@ def export_pipeline(method, out_dir, row: str | None = None) -> Path:
     pipe = StableDiffusionPipeline(vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=tokenizer,
                                    unet=merged_unet(sampling_unet(method)), scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
     steps = list(method.supported_steps) if method.supported_steps else None
-    (tmp / "fastgen_export.json").write_text(json.dumps({
-        "method": method.name, "scheduler": type(scheduler).__name__, "supported_steps": steps,
-        "rows": f"{method.name}{row or ''}", "call": call, "note": "pipe(prompt, num_inference_steps=N, **call) "
-        "reproduces fastgen's sampler; latents are N(0, I) at the UNet's resolution",
-    }, indent=2) + "\n")
-    return _replace_dir(tmp, out)
+    with atomic_path(out_dir) as tmp:
+        pipe.save_pretrained(tmp)
+        (tmp / "fastgen_export.json").write_text(json.dumps({
+            "method": method.name, "scheduler": type(scheduler).__name__, "supported_steps": steps,
+            "rows": f"{method.name}{row or ''}", "call": call, "note": "pipe(prompt, num_inference_steps=N, **call) "
+            "reproduces fastgen's sampler; latents are N(0, I) at the UNet's resolution",
+        }, indent=2) + "\n")
+    return Path(out_dir)
 
 
 def export_method(method, out_dir, fmt: str = "pipeline", row: str | None = None) -> Path:

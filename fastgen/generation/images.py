@@ -3,12 +3,12 @@ and a grid written atomically."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
 
+from fastgen.core.atomic import atomic_path
 from fastgen.eval.evaluator.grids import save_grid
 from fastgen.eval.metrics.images import pixels_to_uint8
 
@@ -42,11 +42,9 @@ def save_png(pixels: torch.Tensor, path) -> Path:
     """Write one image (float pixels in [-1, 1] or uint8, [C, H, W]) as a PNG, atomically."""
     from torchvision.utils import save_image
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    save_image(pixels_to_uint8(pixels.unsqueeze(0)).float() / 255, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path, suffix=".png") as tmp:
+        save_image(pixels_to_uint8(pixels.unsqueeze(0)).float() / 255, tmp)
+    return Path(path)
 
 
 def save_outputs(images: torch.Tensor, prompts, indices, out_dir, per_row: int) -> list[Path]:

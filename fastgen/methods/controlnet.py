@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from fastgen.core.atomic import atomic_path
 from fastgen.generation.controlnet import control_residuals, controlnet_for, load_controlnet
 
 SPEC_KEYS = ("generator_ckpt", "init", "conditioning_channels", "teacher_controlnet")
@@ -136,16 +137,9 @@ def sampling_controlnet(method) -> nn.Module:
 
 def save_controlnet(controlnet: nn.Module, out_dir) -> Path:
     """`ControlNetModel.save_pretrained` into a temporary folder, then renamed onto `out_dir` (never half-written)."""
-    import shutil
-
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    controlnet.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    with atomic_path(out_dir) as tmp:
+        controlnet.save_pretrained(tmp)
+    return Path(out_dir)
 
 
 class ControlFromBatch(L.Callback):

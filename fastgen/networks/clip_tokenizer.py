@@ -14,6 +14,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from fastgen.core.atomic import write_text_atomic
+
 CLIP_VOCAB_SIZE = 49408
 _NUM_MERGES = 49152 - 256 - 2
 
@@ -56,9 +58,7 @@ def write_clip_tokenizer_files(out_dir: str | os.PathLike) -> Path:
         ("vocab.json", json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False)),
         ("merges.txt", "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"),
     ):
-        tmp = out / f".{name}.tmp{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        write_text_atomic(out / name, text)
     return out
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
+from fastgen.core.atomic import atomic_path
+
 # diffusers examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py: attention projections,
 # feed-forward, resnet convs and shortcuts, down/upsampler convs and the resnets' time-embedding projection.
 LCM_LORA_TARGETS = [
@@ -48,24 +50,22 @@ def save_lora(unet: nn.Module, out_dir: str | os.PathLike) -> Path:
     from peft.utils import get_peft_model_state_dict
 
     out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-    layers = get_peft_model_state_dict(unet)
-    StableDiffusionPipeline.save_lora_weights(
-        tmp, unet_lora_layers=layers, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        safe_serialization=True,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp / LORA_WEIGHTS_FILE, out / LORA_WEIGHTS_FILE)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(out / LORA_WEIGHTS_FILE) as tmp:  # diffusers writes the file into a folder: take it from there
+        folder = tmp.with_name(tmp.name + ".d")
+        try:
+            StableDiffusionPipeline.save_lora_weights(
+                folder, unet_lora_layers=get_peft_model_state_dict(unet),
+                unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(), safe_serialization=True,
+            )
+            os.replace(folder / LORA_WEIGHTS_FILE, tmp)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     return out
 
 
 def export_unet(unet: nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write a fully trained UNet as a diffusers folder (`UNet2DConditionModel.from_pretrained(out_dir)`),
     into a temporary folder first and then renamed into place."""
-    out = Path(out_dir)
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
-    unet.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    with atomic_path(out_dir) as tmp:
+        unet.save_pretrained(tmp)
+    return Path(out_dir)

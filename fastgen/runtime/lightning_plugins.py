@@ -23,8 +23,6 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from fastgen.core.atomic import save_torch_atomic, write_text_atomic
 
-TMP_MARK = ".tmp"  # temporary files are `.<name>.tmp<pid>` next to their target
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file in the same folder, then `os.replace` it into place, so an

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fastgen.core.atomic import write_text_atomic
-from fastgen.runtime.lightning_plugins import TMP_MARK
+from fastgen.core.atomic import TMP_MARK
 
 LAST = "last.ckpt"
 
@@ -79,7 +79,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir) -> str | None:
 
 
 def remove_interrupted_saves(output_dir) -> list[Path]:
-    """Delete the temporary files (`.<name>.tmp<pid>`, `.<name>.<pid>.tmp`) that a save killed outright left in the
+    """Delete the temporary files (`.<name>.<pid>.tmp`, and `.<name>.tmp<pid>` of older versions) that a save killed outright left in the
     run folder, its checkpoint folders and its log folder (a full checkpoint's size each). Only one run uses a run
     folder at a time."""
     removed = []

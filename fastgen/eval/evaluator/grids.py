@@ -4,10 +4,11 @@ With few distinct prompts (MNIST's ten digit prompts) the grid has one row per p
 (the digit), holding that prompt's first samples; otherwise it shows the first samples in reading order.
 """
 
-import os
 from pathlib import Path
 
 from torchvision.utils import make_grid, save_image
+
+from fastgen.core.atomic import atomic_path
 
 MAX_PROMPT_ROWS = 16
 
@@ -26,10 +27,7 @@ def grid_indices(prompts, per_row=10, rows=8, order_key=None):
 
 def save_grid(images, path, per_row):
     """Write uint8 images [N, C, H, W] as one PNG grid (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(images.float() / 255, nrow=per_row, padding=2, pad_value=0.5)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    save_image(grid, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path, suffix=".png") as tmp:
+        save_image(grid, tmp)
+    return Path(path)

@@ -18,8 +18,8 @@ import tempfile
 
 import torch
 
-from fastgen.eval.metrics.latency import LATENCY_COLUMNS, LatencyMeter
 from fastgen.eval.leaderboard.io import read_leaderboard, update_rows
+from fastgen.eval.metrics.latency import LatencyMeter
 from fastgen.eval.leaderboard.table import CONTROL
 
 

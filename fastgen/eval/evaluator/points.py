@@ -18,12 +18,12 @@ of more than two dimensions are shown in the plane of the held-out set's first t
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from fastgen.core.atomic import atomic_path
 from fastgen.eval.metrics.points import energy_distance, knn_predict, precision_recall
 
 POINTS_COLUMNS = ("energy_distance", "knn_precision", "knn_recall", "prompt_accuracy")
@@ -151,10 +151,7 @@ class PointsMetricSuite:
                 ax.set_xlabel("held-out PC 1", fontsize=7)
                 ax.set_ylabel("held-out PC 2", fontsize=7)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-        fig.savefig(tmp, dpi=100)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
-        os.replace(tmp, path)
-        return path
+        return Path(path)

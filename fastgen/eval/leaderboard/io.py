@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from fastgen.core.atomic import write_text_atomic
+from fastgen.core.atomic import write_bytes_atomic, write_text_atomic
 from fastgen.eval.metrics.fingerprint import normalise_precision
 
 COLUMNS = (
@@ -305,9 +305,7 @@ def repair(csv_path):
         if bad:
             rejected = path.with_name(path.name + ".rejected")
             previous = rejected.read_bytes() if rejected.is_file() else b""
-            tmp = rejected.with_name(f".{rejected.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(previous + b"".join(line + b"\n" for _, line, _ in bad))
-            os.replace(tmp, rejected)
+            write_bytes_atomic(rejected, previous + b"".join(line + b"\n" for _, line, _ in bad))
         asides = sorted(path.parent.glob(f"{path.stem}.unappended-*.csv"))
         pending = [row for aside in asides for row in read_rows(aside)[1]]
         kept = [row for _, row in rows]

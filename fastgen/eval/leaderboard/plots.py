@@ -8,7 +8,6 @@ floor a grey dotted line. A leaderboard with several protocols gets one file per
 (`<stem>_<protocol>_...png`, titled with the protocol); with one protocol the names are `<stem>_...png`.
 """
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fastgen.core.atomic import atomic_path
 from fastgen.eval.leaderboard.table import (  # noqa: E402
     BASELINE, CONTROL, LOWER_IS_BETTER, REAL, REAL_DATA, SUMMARY_METRICS, protocols, series_order,
 )
@@ -27,10 +27,9 @@ LOG_Y = {"energy_distance"}  # spans orders of magnitude between an untrained co
 
 
 def _save(fig, path):
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

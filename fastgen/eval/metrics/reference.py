@@ -14,7 +14,6 @@ the spec and the extractor's name and sha256; loading a reference made with a di
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastgen.core.atomic import atomic_path
 from fastgen.data.errors import DataError
 from fastgen.eval.models.assets import sha256_file
 from fastgen.eval.evaluator.distributed import barrier, is_rank_zero
@@ -100,11 +100,9 @@ def reference_path(cache_dir, spec, extractor_sha256):
 def save_reference(path, features, extractor, spec=None):
     """Write the statistics of `features` with the extractor's fingerprint (and the spec) to `path` atomically."""
     mu, sigma = feature_stats(features)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, features=np.asarray(features, dtype=np.float32),
-             extractor=extractor.name, extractor_sha256=extractor.sha256, spec=json.dumps(spec, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, mu=mu, sigma=sigma, features=np.asarray(features, dtype=np.float32),
+                 extractor=extractor.name, extractor_sha256=extractor.sha256, spec=json.dumps(spec, sort_keys=True))
 
 
 def load_reference(path, extractor):

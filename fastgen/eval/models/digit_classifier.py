@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fastgen.core.atomic import atomic_path
 from fastgen.eval.models.assets import sha256_file
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "digit_classifier.safetensors"
@@ -96,13 +97,10 @@ def predict(model, pixels, batch_size=500):
 
 def save_classifier(model, path, metadata):
     """Write the classifier's state dict as safetensors (atomically) with string metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in metadata.items()})
+        os.chmod(tmp, 0o644)
 
 
 def load_classifier(path=None):
