@@ -28,7 +28,7 @@ from fastgen.data.controls import control_iou, control_map
 from fastgen.data.mnist import MNISTDataModule, digit_prompt
 from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
 from fastgen.eval.models.digit_classifier import load_classifier, predict
-from fastgen.generation.controlnet import attach_controlnet, load_controlnet
+from fastgen.networks.controlnet import attach_controlnet, load_controlnet
 from fastgen.generation.sampling import sample_pixels
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #4 and #7 in one run, each stage under its own time limit, logs under $OUT:
+# The GPU checks in one run, each stage under its own time limit, logs under $OUT:
 #   1. training step of UFOGen at SD1.5 size (random init, 512 px, bf16-mixed, batch 8): ms, images/s, peak memory,
 #      with and without gradient checkpointing;
 #   2. sampling at SD1.5 size (bf16): 1/2/4/8-step UFOGen and 25-step DPM-Solver++ with CFG, batch 1 and 8,

@@ -47,7 +47,7 @@ import hydra
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from fastgen.core.atomic import write_text_atomic
+from fastgen.core.files import write_text_atomic
 from fastgen.runtime.config import CONFIG_PATH, register_resolvers
 from fastgen.eval.leaderboard.io import drop_rows
 from fastgen.eval.leaderboard.table import CONTROL

@@ -1,6 +1,5 @@
-"""Encode an image-text folder once into a latent cache for SD-scale training.
-
-    python -m fastgen.cache_latents --data /path/to/folder --pretrained /path/to/sd15 --out /path/to/cache
+"""`python -m fastgen.cache_latents --data DIR --pretrained SD15 --out CACHE`: encode an image-text folder once into
+a latent cache for SD-scale training.
 
 Then train with the latent-cache data module pointed at --out. Re-running the same command resumes:
 shards already written are kept (see fastgen/data/latent_cache.py).

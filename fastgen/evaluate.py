@@ -1,4 +1,5 @@
-"""`python -m fastgen.evaluate ckpt=PATH eval=mnist [eval.steps=[1,2,4,8]] [eval.leaderboard=FILE.csv]`
+"""`python -m fastgen.evaluate ckpt=PATH eval=mnist [eval.steps=[1,2,4,8]] [eval.leaderboard=FILE.csv]`: leaderboard
+rows for a checkpoint, a baseline or an untrained control.
 
 Evaluate a trained checkpoint (method, model and data rebuilt from the config saved in it), or -- without
 `ckpt` -- the method the composed config names, e.g. the DPM-Solver++ baseline on the teacher

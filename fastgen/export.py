@@ -1,4 +1,5 @@
-"""`python -m fastgen.export ckpt=PATH out=DIR [format=pipeline|unet|lora|controlnet]`
+"""`python -m fastgen.export ckpt=PATH out=DIR [format=pipeline|unet|lora|controlnet]`: a trained model as
+diffusers loads it.
 
 Write a trained method's sampling network for diffusers: a StableDiffusionPipeline folder whose scheduler
 reproduces the method's sampler (fastgen/generation/export.py says which, and `fastgen_export.json` the call

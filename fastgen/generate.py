@@ -1,4 +1,5 @@
-"""`python -m fastgen.generate ckpt=PATH prompt="..." steps=N [seed=S] [num_images=K] [out=DIR]`
+"""`python -m fastgen.generate ckpt=PATH prompt="..." steps=N [seed=S] [num_images=K] [out=DIR]`: PNGs from a
+trained model.
 
 Images from a trained checkpoint (or, without `ckpt`, from the method the composed config names: e.g.
 `experiment=dpm_solver_mnist` for the DPM-Solver++ baseline on the teacher), with the evaluation's sampler and
@@ -63,7 +64,7 @@ def generate(cfg):
     from tqdm import tqdm
 
     from fastgen.evaluate import build_method
-    from fastgen.generation.controlnet import attach_controlnet, load_controlnet
+    from fastgen.networks.controlnet import attach_controlnet, load_controlnet
     from fastgen.generation.images import read_image, save_outputs
     from fastgen.generation.sampling import encode_image, row_source, sample_pixels
 

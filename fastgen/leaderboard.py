@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from fastgen.core.atomic import write_text_atomic
+from fastgen.core.files import write_text_atomic
 from fastgen.eval.leaderboard.io import LeaderboardError, read_leaderboard, repair
 from fastgen.eval.leaderboard.table import (
     FINAL, describe_selection, parse_selection, protocol_sections, protocols, summarise, summary_markdown,

@@ -1,24 +1,30 @@
 """`python -m fastgen.list [GROUP ...]`: what can be selected on the command line, with one line on each.
 
-Lists the experiments (`experiment=NAME`), the config groups (`method=`, `model=`, `data=`, `eval=`, `logger=`)
-and the benchmark suites (`python -m fastgen.bench suite=NAME`), each with the first comment line of its YAML.
+Lists the commands (`python -m fastgen.NAME`: every module at the package's top level, with the first line of its
+docstring), the experiments (`experiment=NAME`), the config groups (`method=`, `model=`, `data=`, `eval=`,
+`logger=`, `debug=`) and the benchmark suites (`python -m fastgen.bench suite=NAME`), each with the first comment
+line of its YAML.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
 from fastgen.runtime.config import CONFIG_PATH
 
+PACKAGE = Path(__file__).resolve().parent
 GROUPS = {
+    "commands": "python -m fastgen.NAME",
     "experiment": "python -m fastgen.fit experiment=NAME",
     "method": "method=NAME",
     "model": "model=NAME",
     "data": "data=NAME",
     "eval": "eval=NAME",
     "logger": "logger=NAME",
+    "debug": "debug=NAME",
     "suite": "python -m fastgen.bench suite=NAME",
 }
 
@@ -34,7 +40,20 @@ def describe(path: Path) -> str:
     return ""
 
 
+def command_summary(path: Path) -> str:
+    """The first sentence of a command module's docstring after its `python -m ...` usage line."""
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    for text in (" ".join(p.split()) for p in doc.split("\n\n") if p.strip()):
+        if text.startswith("`python -m"):
+            text = text.split("`:", 1)[1].strip() if "`:" in text else ""
+        if text:
+            return text.split(". ")[0].rstrip(".")
+    return ""
+
+
 def options(group: str) -> list[tuple[str, str]]:
+    if group == "commands":
+        return [(p.stem, command_summary(p)) for p in sorted(PACKAGE.glob("*.py")) if p.stem != "__init__"]
     return [(p.stem, describe(p)) for p in sorted((Path(CONFIG_PATH) / group).glob("*.yaml"))]
 
 

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from fastgen.generation.controlnet import attach_controlnet, controlnet_for
+from fastgen.networks.controlnet import attach_controlnet, controlnet_for
 from fastgen.generation.sampling import sample_pixels
 
 PROMPTS = ["a red square", "a small blue circle"]

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from fastgen.data import DataError, MNISTDataModule
 from fastgen.data.controls import control_iou, control_map
 from fastgen.fit import run
-from fastgen.generation.controlnet import controlnet_for, load_controlnet
+from fastgen.networks.controlnet import controlnet_for, load_controlnet
 from fastgen.methods.controlnet import ControlledUNet, controlled_networks, sampling_controlnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -196,7 +196,7 @@ def test_a_trained_controlnet_runs_in_diffusers_controlnet_pipeline(tmp_path):
     from torch.utils.data import DataLoader
 
     from fastgen.eval.evaluator.run_eval import eval_noise, sampler_generators
-    from fastgen.generation.controlnet import attach_controlnet
+    from fastgen.networks.controlnet import attach_controlnet
     from fastgen.generation.export import export_method
     from fastgen.generation.sampling import sample_pixels
     from fastgen.methods.controlnet import ControlFromBatch, add_controlnet

@@ -73,7 +73,7 @@ def test_img2img_and_controlnet_pipelines_run_from_the_export(tiny, tmp_path):
     from diffusers import (StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline,
                            StableDiffusionPipeline)
 
-    from fastgen.generation.controlnet import controlnet_for
+    from fastgen.networks.controlnet import controlnet_for
 
     out = export_method(make("ufogen", tiny), tmp_path / "pipe", "pipeline")
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True, safety_checker=None)

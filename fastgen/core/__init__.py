@@ -1,4 +1,5 @@
-"""Pure tensor math shared by every method: schedules, the VP process, losses, EMA (imports torch only)."""
+"""Pure tensor math shared by every method: schedules, the VP process, losses, EMA (imports torch only); files.py
+writes every file atomically and reads checkpoints strictly."""
 from fastgen.core.consistency import (
     consistency_output, guidance_scale_embedding, prediction_unit_weights, lcm_boundary_scalings,
 )

@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from fastgen.core.atomic import atomic_path, write_text_atomic
+from fastgen.core.files import atomic_path, write_text_atomic
 from fastgen.data.errors import DataError
 from fastgen.data.loading import require_keys, shuffled_loader
 from fastgen.data.prompts import prompts_sha256, sample_prompts

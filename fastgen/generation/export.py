@@ -31,7 +31,7 @@ from pathlib import Path
 
 from torch import nn
 
-from fastgen.core.atomic import atomic_path, write_text_atomic
+from fastgen.core.files import atomic_path, write_text_atomic
 
 FORMATS = ("pipeline", "unet", "lora", "controlnet")
 UFOGEN_TIMESTEP_SCALING = 1.0e6  # c_skip(t) = 0.25 / ((1e6 t)^2 + 0.25) < 3e-13 for t >= 1: the step is x̂0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from fastgen.core.atomic import atomic_path
+from fastgen.core.files import atomic_path
 from fastgen.eval.evaluator.grids import save_grid
 from fastgen.eval.metrics.images import pixels_to_uint8
 

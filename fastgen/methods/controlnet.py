@@ -30,8 +30,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from fastgen.core.atomic import atomic_path
-from fastgen.generation.controlnet import control_residuals, controlnet_for, load_controlnet
+from fastgen.core.files import atomic_path
+from fastgen.networks.controlnet import control_residuals, controlnet_for, load_controlnet
 
 SPEC_KEYS = ("generator_ckpt", "init", "conditioning_channels", "teacher_controlnet")
 CRITICS = ("discriminator",)
@@ -83,7 +83,7 @@ def _set(module, path, value):
 
 def load_generator(method, ckpt) -> None:
     """Load a trained checkpoint of this method (its state dict, strictly) into `method`: the generator to freeze."""
-    from fastgen.runtime.run_folder import read_checkpoint_header
+    from fastgen.core.files import read_checkpoint_header
 
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"method.controlnet.generator_ckpt={ckpt} does not exist")

@@ -37,8 +37,8 @@ Deviations / open choices (config fields; defaults from METHODS.md and NVlabs/de
 - R1 at the official strength: γ/2 on every r1_every-th D step, unscaled (`r1_lazy_scaling: true` gives
   StyleGAN2's γ/2·r1_every); γ = 0.02, every 15 as for CIFAR-10; with R1 on, D runs without gradient checkpointing (its double backward
   and checkpoint recomputation do not mix). `r1_sigma` > 0 replaces the double backward by a finite-difference
-  estimate (`fastgen.core.r1_penalty_finite_difference`): at 512 px the exact R1's math attention over 4096
-  latent tokens ran out of an H200's 139 GiB at batch 8 (benchmarks/RESULTS.md). No cosine LR decay.
+  estimate (`fastgen.core.r1_penalty_finite_difference`), for latents whose exact double backward through the
+  math attention kernel does not fit in memory (SD1.5 at 512 px: benchmarks/RESULTS.md). No cosine LR decay.
   `max_grad_norm` (default off) clips both networks.
 - `eval_teacher` keeps a frozen copy of the initial UNet as `teacher_unet` (not checkpointed) for the
   evaluation's DPM-Solver++ baseline rows, with CFG at `teacher_guidance_scale`.

@@ -7,8 +7,8 @@ lower-order final step, final sigma zero, `linspace` timestep spacing (so 1 step
 
 `algorithm_type="sde-dpmsolver++"` is the stochastic variant (SDE-DPM-Solver++(2M): the same data-prediction
 multistep update plus fresh noise each step, drawn from the caller's generator). Fresh noise corrects the
-trajectory errors a small teacher accumulates along the deterministic ODE: on the MNIST teacher it gives
-25-step FID 36 where the ODE solver gives 119 (benchmarks/RESULTS.md). At 1 step both are the same update.
+trajectory errors a small teacher accumulates along the deterministic ODE (the MNIST teacher's rows:
+benchmarks/RESULTS.md). At 1 step both are the same update.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ Deviations / open choices:
   solver grid, that turns the x0-space residual into the network's own output units: σ⁻² for v-prediction
   (x̂0 = α_t x_t − σ_t v̂), α²/σ² (the SNR) for ε-prediction, 1 for sample prediction. Unweighted, the residual
   discounts small t by that factor, so the student underfits the low-t end of the chain, where the boundary anchors
-  it, and its error there propagates to every t; samplers that end at a lower t (more steps) then get worse.
-  Measured on the points testbed (benchmarks/RESULTS.md, "Multistep consistency rows and UFOGen's one step").
+  it, and its error there propagates to every t; samplers that end at a lower t (more steps) then get worse
+  (the points testbed's rows: benchmarks/RESULTS.md).
 - `teacher_dtype: bf16` runs the frozen teacher in bf16 (the diffusers script casts it to the mixed-precision
   dtype); the student and its EMA stay fp32.
 """

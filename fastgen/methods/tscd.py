@@ -91,7 +91,7 @@ from fastgen.core import (
     append_dims, ddim_step, distribution_matching_loss, g_loss_softplus, lcm_timesteps, mse, q_sample,
     q_step, trailing_timesteps,
 )
-from fastgen.core.atomic import save_torch_atomic
+from fastgen.core.files import save_torch_atomic
 from fastgen.methods.gan_phases import adversarial_phase, discriminator_losses
 from fastgen.methods.base import FINAL_MODEL, RowSource
 from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback, Student

@@ -14,7 +14,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from fastgen.core.atomic import write_text_atomic
+from fastgen.core.files import write_text_atomic
 
 CLIP_VOCAB_SIZE = 49408
 _NUM_MERGES = 49152 - 256 - 2

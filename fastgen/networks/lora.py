@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from fastgen.core.atomic import atomic_path
+from fastgen.core.files import atomic_path
 
 # diffusers examples/consistency_distillation/train_lcm_distill_lora_sd_wds.py: attention projections,
 # feed-forward, resnet convs and shortcuts, down/upsampler convs and the resnets' time-embedding projection.

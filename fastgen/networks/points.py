@@ -14,8 +14,7 @@ Schedule: DDPM's linear betas (1e-4 to 0.02) rescaled to zero terminal SNR with 
 arXiv 2305.08891), so x_T ~ N(0, I) is exactly what every sampler starts from. Linear, not SD1.5's scaled_linear:
 25 linspace DPM-Solver++ steps end with one jump from t = 40 to the clean sample, and there scaled_linear's noise
 (std 0.19) is twice the grid's mode width, so the jump's x̂0 (a posterior mean) narrows every mode; linear's is
-0.14. Measured on the grid teacher (benchmarks/RESULTS.md): 25-step recall 0.87 with scaled_linear, 0.93 with
-linear; at 100 steps both 0.96-0.98.
+0.14 (the recall this costs: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from fastgen.core.atomic import save_torch_atomic, write_text_atomic
+from fastgen.core.files import save_torch_atomic, write_text_atomic
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 
-from fastgen.core.atomic import write_text_atomic
-from fastgen.core.atomic import TMP_MARK
+from fastgen.core.files import write_text_atomic
+from fastgen.core.files import TMP_MARK, read_checkpoint_header
 
 LAST = "last.ckpt"
 
@@ -47,17 +46,6 @@ def refuse_fresh_run_over_old(output_dir, ckpt_path) -> None:
             f"{output_dir} already holds a run ({', '.join(old)}): continue it with ckpt_path=last, start a new one "
             f"with run_name=<new name>, or delete {output_dir} first"
         )
-
-
-def read_checkpoint_header(path, key: str) -> dict:
-    """The checkpoint's dict with tensors memory-mapped (nothing is read but the zip's directory), or a ValueError
-    in one line naming the file and `key` when it is truncated or not a checkpoint."""
-    try:
-        return torch.load(path, mmap=True, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / OSError for broken files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{key}={path}: not a readable checkpoint (truncated or corrupt: {reason}); point {key} at "
-                         "another checkpoint, or start the run again") from None
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir) -> str | None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from fastgen.core.atomic import write_text_atomic
+from fastgen.core.files import write_text_atomic
 from fastgen.eval.evaluator.distributed import is_rank_zero
 from fastgen.eval.leaderboard.io import append_rows, leaderboard_run_ids
 from fastgen.eval.evaluator.run_eval import eval_prompts, run_eval

@@ -57,13 +57,13 @@ class FewStepEval(L.Callback):
         if self.next_kimg and self._kimg(pl_module) >= self.next_kimg:
             while self._kimg(pl_module) >= self.next_kimg:
                 self.next_kimg += self.settings.every_kimg
-            self.evaluate(trainer, pl_module)
+            self.score_rows(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module):
         if self.evaluated_at != self._kimg(pl_module):  # not already evaluated at this very point
-            self.evaluate(trainer, pl_module)
+            self.score_rows(trainer, pl_module)
 
-    def evaluate(self, trainer, pl_module):
+    def score_rows(self, trainer, pl_module):
         """Run the evaluation on every rank (sampling is sharded); rank 0 writes and logs."""
         config = self._run_config(pl_module)
         out_dir = config.get("paths", {}).get("output_dir") or trainer.default_root_dir

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fastgen.runtime.build import build_from_config
-from fastgen.runtime.run_folder import read_checkpoint_header
+from fastgen.core.files import read_checkpoint_header
 
 
 def run_dir_of(ckpt_path):

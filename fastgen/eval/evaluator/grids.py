@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torchvision.utils import make_grid, save_image
 
-from fastgen.core.atomic import atomic_path
+from fastgen.core.files import atomic_path
 
 MAX_PROMPT_ROWS = 16
 

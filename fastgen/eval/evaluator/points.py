@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fastgen.core.atomic import atomic_path
+from fastgen.core.files import atomic_path
 from fastgen.eval.metrics.points import energy_distance, knn_predict, precision_recall
 
 POINTS_COLUMNS = ("energy_distance", "knn_precision", "knn_recall", "prompt_accuracy")

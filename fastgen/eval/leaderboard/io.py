@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from fastgen.core.atomic import write_bytes_atomic, write_text_atomic
+from fastgen.core.files import write_bytes_atomic, write_text_atomic
 from fastgen.eval.metrics.fingerprint import normalise_precision
 
 COLUMNS = (

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fastgen.core.atomic import atomic_path
+from fastgen.core.files import atomic_path
 from fastgen.eval.leaderboard.table import (  # noqa: E402
     BASELINE, CONTROL, LOWER_IS_BETTER, REAL, REAL_DATA, SUMMARY_METRICS, protocols, series_order,
 )

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastgen.core.atomic import atomic_path
+from fastgen.core.files import atomic_path
 from fastgen.data.errors import DataError
 from fastgen.eval.models.assets import sha256_file
 from fastgen.eval.evaluator.distributed import barrier, is_rank_zero

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fastgen.core.atomic import atomic_path
+from fastgen.core.files import atomic_path
 from fastgen.eval.models.assets import sha256_file
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "digit_classifier.safetensors"
