@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from fastgen.core import q_sample
 from fastgen.eval.models.rewards import DigitReward
-from fastgen.methods.feedback import RewardFeedback, Student, sample_chain
+from fastgen.methods.feedback import RewardFeedback, Student, decode_with_grad, sample_chain
 from fastgen.methods.lcm import LCM
 from fastgen.methods.tscd import TSCD
 from fastgen.methods.ufogen import UFOGen
@@ -238,3 +238,77 @@ def test_the_data_source_is_the_batch_noised_to_t():
     torch.manual_seed(4)
     t = torch.randint(0, 1000, (5,))
     torch.testing.assert_close(seen[0], q_sample(x0, t, torch.randn_like(x0), acp))
+
+
+# -- the DDGAN family and DMD --------------------------------------------------------------------------------------
+def make_gan(kind, tiny, **kw):
+    """A 2-level DDGAN / SIDDM (levels 499, 999) or DMD on the tiny backbone."""
+    from fastgen.methods.ddgan import DDGAN
+    from fastgen.methods.dmd import DMD
+    from fastgen.methods.siddm import SIDDM
+
+    bb = copy.deepcopy(tiny)
+    torch.manual_seed(0)
+    if kind == "dmd":
+        return DMD(bb, **{"lr_g": 1e-3, "lr_fake": 1e-3, "fake_updates_per_g": 1, "real_guidance_scale": 1.0, **kw})
+    cls = DDGAN if kind == "ddgan" else SIDDM
+    return cls(bb, **{"num_steps": 2, "nz": 4, "eval_teacher": False, "lr_g": 1e-3, "r1_gamma": 0.0, **kw})
+
+
+@pytest.mark.parametrize("kind", ["ddgan", "siddm", "dmd"])
+def test_weight_zero_is_the_gan_without_feedback_bit_for_bit(tiny, kind):
+    plain = train(make_gan(kind, tiny), 2).state_dict()
+    spec = {"name": "brightness"}
+    off = train(make_gan(kind, tiny, reward=spec, reward_fn=brightness, reward_weight=0.0), 2).state_dict()
+    on = train(make_gan(kind, tiny, reward=spec, reward_fn=brightness, reward_weight=1.0), 2).state_dict()
+    assert plain.keys() == off.keys()
+    assert all(torch.equal(plain[k], off[k]) for k in plain)
+    generator = [k for k in plain if k.startswith("backbone.unet.")]
+    assert any(not torch.equal(plain[k], on[k]) for k in generator)  # the feedback does change the generator
+
+
+@pytest.mark.parametrize("kind", ["ddgan", "siddm"])
+def test_the_ddgan_family_scores_its_own_chain_at_its_levels(tiny, kind):
+    """The default range scores the lowest level: the scored x̂0 is the method's own 2-level sample from the same
+    noise, z and posterior draws (the EMA sampler equals the online G at init); a range without a level is one line."""
+    m = make_gan(kind, tiny, reward={"name": "brightness"}, reward_fn=brightness, reward_weight=1.0)
+    bb, prompts = m.backbone, PROMPTS
+    student, scored = m.reward_student(), []
+    assert student.times == [499, 999] and list(student.grid) == [999, 499]
+    recorded = Student(lambda x, t, c: scored.append((t, student.predict_x0(x, t, c))) or scored[-1][1], student.grid,
+                       student.step, student.times)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        m.feedback.scores(bb, torch.zeros(4, *bb.sample_shape), bb.encode_prompts(prompts), prompts, recorded)
+    assert torch.equal(scored[-1][0], torch.full((4,), 499))
+    torch.manual_seed(5)
+    torch.randint(0, 1, (4,))  # the feedback's draw of t (over the one level in range)
+    sample = m.sample(torch.randn(4, *bb.sample_shape), prompts, 2)
+    torch.testing.assert_close(scored[-1][1], sample, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"reward_t_range=\[1, 226\] holds none of the generator's levels \[499, 999\]"):
+        make_gan(kind, tiny, reward={"name": "brightness"}, reward_fn=brightness, reward_weight=1.0, reward_t_range=[1, 226])
+
+
+def test_dmd_scores_the_generators_one_step_sample_in_the_generator_phase_only(tiny, monkeypatch):
+    calls = []
+
+    def reward(pixels, prompts):
+        calls.append(len(prompts))
+        return brightness(pixels, prompts)
+
+    from fastgen.methods.dmd import DMD
+
+    m = make_gan("dmd", tiny, reward={"name": "brightness"}, reward_fn=reward, reward_weight=1.0)
+    bb = m.backbone
+    z, cond = torch.randn(4, *bb.sample_shape), bb.encode_prompts(PROMPTS)
+    x0_gen = m.generate(bb.unet, z, cond)
+    losses = m.g_losses(x0_gen, z, None, cond, None, PROMPTS)
+    assert calls == [4] and set(losses) == {"dm", "refl"}
+    torch.testing.assert_close(losses["refl"], -brightness(decode_with_grad(bb, x0_gen), PROMPTS).mean())
+    losses["refl"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bb.unet.parameters())
+    assert all(p.grad is None for p in m.fake_unet.parameters())
+    monkeypatch.setattr(DMD, "g_step", lambda self, *args: {})  # fake-score steps only: never scored
+    calls.clear()
+    train(make_gan("dmd", tiny, reward={"name": "brightness"}, reward_fn=reward, reward_weight=1.0), 2)
+    assert calls == []

@@ -17,7 +17,8 @@ One D step, then one G step on a fresh level and a fresh pair; Adam betas (0.5, 
 The generator, levels, pair, posterior fake, phases and sampler are `PosteriorChainGAN`'s
 (fastgen/methods/posterior_chain_gan.py); this file says what D sees and what the losses are.
 
-Losses logged (`train/<key>`): d_real, d_fake (D phase), d_r1 (on lazy-R1 D steps only), g_adv (G phase).
+Losses logged (`train/<key>`): d_real, d_fake (D phase), d_r1 (on lazy-R1 D steps only), g_adv (G phase), and refl
+(G phase) with a `reward`: ReFL on G's x̂0 at a level of its own posterior chain (`PosteriorChainGAN.reward_student`).
 
 Sampling: x_T = noise; at each of the T trained levels, from the top: x̂0 = G_ema(x_t, t, c, z) with a
 fresh z, then x_{t−1} ~ q(x_{t−1} | x_t, x̂0); the last level returns x̂0. Exactly T steps: a 4-level DDGAN

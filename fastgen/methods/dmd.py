@@ -28,8 +28,11 @@ Optional terms (off by default):
   score's optimiser, and its gradient moves the fake network's encoder too, as in DMD2.
 - `regression_weight` > 0 (DMD Sec. 3.3): `regression_weight`·mean((x̂0 − x_ref)²), x_ref the teacher's
   DPM-Solver++ output (`regression_steps`, CFG at `real_guidance_scale`) from the same noise z.
+- `reward` with `reward_weight`, `reward_margin`: reward feedback (ReFL, fastgen/methods/feedback.py) on the
+  generator's sample G(z) — its whole one-step chain, so no t range — in the generator phase, as Hyper-SD's one-step
+  DMD stage adds it; the distribution-matching term stays on.
 
-Losses logged (`train/<key>`): `dm`, `g_gan`, `g_reg` (generator phase, on its steps), `fake_denoise`, `d_real`,
+Losses logged (`train/<key>`): `dm`, `g_gan`, `g_reg`, `refl` (generator phase, on its steps), `fake_denoise`, `d_real`,
 `d_fake` (fake phase). Sampling: one step, x̂0 = G_ema(z, T−1, c); no CFG, one network evaluation.
 
 Deviations / open choices:
@@ -60,6 +63,7 @@ from fastgen.methods.gan_phases import adversarial_phase
 from fastgen.methods.base import FewStepMethod
 from fastgen.methods.consistency_distillation import empty_prompt_cond
 from fastgen.methods.dpm_solver import dpm_solver_sample
+from fastgen.methods.feedback import DEFAULT_T_RANGE, RewardFeedback
 from fastgen.networks.encoder_heads import EncoderLogitHead
 
 
@@ -153,10 +157,17 @@ class DMD(DistributionMatching, FewStepMethod):
         max_grad_norm: float | None = 10.0,
         ema_decay: float = 0.99,
         teacher_guidance_scale: float = 7.5,
+        reward: dict | None = None,
+        reward_fn=None,
+        reward_weight: float = 0.0,
+        reward_margin: float | None = None,
     ):
         super().__init__(backbone)
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "reward_fn"])
         self._check_config()
+        # ReFL on the generator's one-step sample G(z) (its whole chain: as Hyper-SD's one-step DMD stage)
+        self.feedback = RewardFeedback.from_config(reward, reward_fn, reward_weight, DEFAULT_T_RANGE, reward_margin,
+                                                   backbone.num_train_timesteps, chain_steps=1)
         self.automatic_optimization = False
         T = backbone.num_train_timesteps
         self.generator_timestep = T - 1 if generator_timestep is None else generator_timestep
@@ -209,13 +220,16 @@ class DMD(DistributionMatching, FewStepMethod):
 
     # -- the two phases' losses ---------------------------------------------------------------------------------------
     def g_losses(self, x0_gen, z, x0, cond, uncond, prompts=None) -> dict[str, torch.Tensor]:
-        """`dm` on the generator's sample (with its graph); `g_gan` and `g_reg` when their weights are set."""
+        """`dm` on the generator's sample (with its graph); `g_gan`, `g_reg` and `refl` (the reward feedback on that
+        sample) when their weights are set."""
         hp = self.hparams
         losses = {"dm": distribution_matching_loss(x0_gen, self.dm_gradient(x0_gen.detach(), cond, uncond))}
         if hp.gan_weight:
             losses["g_gan"] = hp.gan_weight * g_loss_softplus(self.classifier_logits(x0_gen, cond))
         if hp.regression_weight:
             losses["g_reg"] = hp.regression_weight * mse(x0_gen, self.regression_target(z, prompts, hp.regression_steps))
+        if self.feedback:
+            losses["refl"] = self.feedback.loss(self.backbone, x0_gen, prompts)
         return losses
 
     def fake_losses(self, x0_gen, x0, cond) -> dict[str, torch.Tensor]:

@@ -82,11 +82,13 @@ def decode_with_grad(backbone, x0: torch.Tensor) -> torch.Tensor:
 class Student:
     """How a method's student predicts and samples: `predict_x0(x, t, c)` its x̂0 (with grad when enabled), `grid`
     its sampler's descending timesteps (grid[0] = T − 1), `step(x, t, s, c)` its sampler's step from t to s (tensors
-    [B]); None: re-noise the prediction, x_s ~ q(x_s | x̂0(x, t)) with fresh noise (UFOGen's and LCM's sampler)."""
+    [B]); None: re-noise the prediction, x_s ~ q(x_s | x̂0(x, t)) with fresh noise (UFOGen's and LCM's sampler).
+    `times`: the only timesteps its x̂0 is defined at (a generator trained on a few levels, DDGAN's), or None (any)."""
 
     predict_x0: Predict
     grid: list[int] | torch.Tensor
     step: Callable | None = None
+    times: list[int] | None = None
 
     def step_to(self, x, t, s, cond, acp):
         if self.step is not None:
@@ -157,10 +159,21 @@ class RewardFeedback:
         x_start = torch.randn(x0.shape, device=x0.device)  # x_{T−1} ~ N(0, I), as the samplers start
         return sample_chain(student, x_start, t, cond, backbone.alphas_cumprod)
 
+    def scored_times(self, student: Student) -> torch.Tensor | None:
+        """The student's `times` inside [t_min, t_max] (None: every integer of the range)."""
+        if student.times is None:
+            return None
+        return torch.tensor([t for t in student.times if self.t_min <= t <= self.t_max], dtype=torch.long)
+
     def scores(self, backbone, x0: torch.Tensor, cond: torch.Tensor, prompts, student: Student) -> torch.Tensor:
         """r(decode(x̂0_θ(x_t, t, c)), c) per sample [B], differentiable in the student through its last prediction
-        only: t ~ U{t_min..t_max}, x_t from `x_t` (x0 gives the batch's shape and device; `data` also noises it)."""
-        t = torch.randint(self.t_min, self.t_max + 1, (x0.shape[0],), device=x0.device)
+        only: t ~ U{t_min..t_max} (or over the student's `times` in that range), x_t from `x_t` (x0 gives the
+        batch's shape and device; `data` also noises it)."""
+        times = self.scored_times(student)
+        if times is None:
+            t = torch.randint(self.t_min, self.t_max + 1, (x0.shape[0],), device=x0.device)
+        else:
+            t = times.to(x0.device)[torch.randint(0, len(times), (x0.shape[0],), device=x0.device)]
         x0_hat = student.predict_x0(self.x_t(backbone, x0, t, cond, student), t, cond)
         return self.reward_fn(decode_with_grad(backbone, x0_hat), prompts)
 

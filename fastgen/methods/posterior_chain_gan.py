@@ -14,6 +14,7 @@ from torch import nn
 
 from fastgen.core import q_posterior_sample, q_sample, q_step, randn_per_sample, trailing_timesteps
 from fastgen.methods.base import FewStepMethod
+from fastgen.methods.feedback import RewardFeedback, Student
 from fastgen.methods.gan_phases import (
     adversarial_phase, check_r1_options, lazy_r1_weight, prepare_discriminator_for_r1,
 )
@@ -61,9 +62,15 @@ class PosteriorChainGAN(FewStepMethod):
         max_grad_norm: float | None = None,
         eval_teacher: bool = True,
         teacher_guidance_scale: float = 7.5,
+        reward: dict | None = None,
+        reward_fn=None,
+        reward_weight: float = 0.0,
+        reward_t_range: tuple[int, int] | None = None,
+        reward_margin: float | None = None,
+        reward_source: str = "chain",
     ):
         super().__init__(backbone)
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "reward_fn"])
         self._check_config()
         self.automatic_optimization = False
         self.supported_steps = (num_steps,)
@@ -78,6 +85,19 @@ class PosteriorChainGAN(FewStepMethod):
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("prev_levels", torch.cat([levels.new_tensor([-1]), levels[:-1]]), persistent=False)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self.feedback = self._feedback(reward, reward_fn, reward_weight, reward_t_range, reward_margin, reward_source)
+
+    def _feedback(self, reward, reward_fn, weight, t_range, margin, source) -> RewardFeedback:
+        """ReFL on G's x̂0 at a trained level of its own chain; the default range holds only the lowest level, whose
+        x̂0 is the chain's sample (G is defined at its levels only, so t is drawn from the levels in the range)."""
+        levels = self.levels.tolist()
+        t_range = [levels[0], levels[0]] if t_range is None else list(t_range)
+        feedback = RewardFeedback.from_config(reward, reward_fn, weight, t_range, margin, self.backbone.num_train_timesteps,
+                                              source, chain_steps_default="the trained levels")
+        if feedback and not len(feedback.scored_times(self.reward_student())):
+            raise ValueError(f"method.reward_t_range={t_range} holds none of the generator's levels {levels}: G's x̂0 is "
+                             "defined only there (null: the lowest level, the chain's sample)")
+        return feedback
 
     def _check_config(self) -> None:
         hp = self.hparams
@@ -122,6 +142,24 @@ class PosteriorChainGAN(FewStepMethod):
         fake_prev = q_posterior_sample(x0_hat, x_t, t, s, torch.randn_like(x0_hat), acp)
         return LevelPair(t, s, x_prev, x_t, fake_prev)
 
+    def reward_student(self) -> Student:
+        """The online G as the feedback term sees it: x̂0 = G(x_t, t, c, z) with fresh z, its chain the posterior steps
+        between its levels (the sampler's), scored only at its levels."""
+        def predict(x, t, c):
+            return self.generate(self.backbone.unet, x, t, c, torch.randn(x.shape[0], self.hparams.nz, device=x.device))
+
+        def step(x, t, s, c):
+            return q_posterior_sample(predict(x, t, c), x, t, s, torch.randn_like(x), self.backbone.alphas_cumprod)
+
+        levels = self.levels.tolist()
+        return Student(predict, levels[::-1], step, times=levels)
+
+    def generator_losses(self, x0: torch.Tensor, cond: torch.Tensor, prompts=None) -> dict[str, torch.Tensor]:
+        """The subclass's G terms, plus the feedback term `refl` when a reward is set."""
+        losses = self.g_losses(x0, cond)
+        self.feedback.add(losses, self.backbone, x0, cond, prompts, self.reward_student())
+        return losses
+
     @staticmethod
     def d_time(pair: LevelPair) -> torch.Tensor:
         """D's time input: the noise level of the sample it judges, x_{t−1} (0 for the clean end)."""
@@ -136,8 +174,9 @@ class PosteriorChainGAN(FewStepMethod):
         # 2. discriminator phase (G frozen): real pair vs posterior fake; lazy R1 on the real x_{t−1}
         r1_weight = lazy_r1_weight(hp.r1_gamma, hp.r1_every, int(self.train_steps), hp.r1_lazy_scaling)
         losses = adversarial_phase(self, d_opt, lambda: self.d_losses(x0, cond, r1_weight), hp.max_grad_norm)
-        # 3. generator phase (D frozen) on a fresh level and pair; then the EMA of G
-        losses |= adversarial_phase(self, g_opt, lambda: self.g_losses(x0, cond), hp.max_grad_norm)
+        # 3. generator phase (D frozen) on a fresh level and pair (+ reward feedback); then the EMA of G
+        losses |= adversarial_phase(self, g_opt, lambda: self.generator_losses(x0, cond, batch.get("prompt")),
+                                    hp.max_grad_norm)
         self.update_ema(self.ema_unet, bb.unet, hp.ema_decay)
         # 4. bookkeeping
         self.train_steps += 1

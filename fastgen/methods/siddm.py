@@ -17,7 +17,8 @@ and pair; EMA of G for sampling. The generator, levels, pair, posterior fake, ph
 `PosteriorChainGAN`'s (fastgen/methods/posterior_chain_gan.py), shared with DDGAN; this file says what D sees and
 what the losses are.
 
-Losses logged (`train/<key>`): d_real, d_fake (D phase), d_r1 (lazy-R1 D steps only), g_adv, g_afd (G phase).
+Losses logged (`train/<key>`): d_real, d_fake (D phase), d_r1 (lazy-R1 D steps only), g_adv, g_afd (G phase), and
+refl (G phase) with a `reward`, as DDGAN.
 
 Sampling: as DDGAN — the posterior chain over exactly the T trained levels, x̂0 at the last one.
 
