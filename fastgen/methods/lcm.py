@@ -26,6 +26,10 @@ Guidance convention: configs give CFG *scales* s (uncond + s·(cond − uncond),
 diffusers pipeline), LCM's ω = s − 1 (the teacher x̂0_c + ω(x̂0_c − x̂0_u)). The student embeds ω = s − 1, in
 training and in sampling, which is what diffusers' `LatentConsistencyModelPipeline` does with its
 `guidance_scale` (it embeds guidance_scale − 1): a model trained here samples in that pipeline with the same s.
+The scales by name: `guidance_min`/`guidance_max` (config) bound the s drawn per training sample for the teacher's
+solver step and the student's ω; `sample_guidance` (config) is the s the student samples with (LoRA: `guidance_max`,
+its one training scale). The contract attributes follow from it: `guidance_scale` (the leaderboard's guidance
+column) and `teacher_guidance_scale` (the control's and the DPM-Solver++ rows' CFG) are both that sampling s.
 
 Loss keys logged: `consistency`, and `refl` with reward feedback (`reward`, `reward_weight`, `reward_t_range`,
 `reward_margin`: ReFL on the student's consistency output at a timestep in the range, fastgen/methods/feedback.py,
