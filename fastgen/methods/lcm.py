@@ -28,8 +28,9 @@ training and in sampling, which is what diffusers' `LatentConsistencyModelPipeli
 `guidance_scale` (it embeds guidance_scale − 1): a model trained here samples in that pipeline with the same s.
 The scales by name: `guidance_min`/`guidance_max` (config) bound the s drawn per training sample for the teacher's
 solver step and the student's ω; `sample_guidance` (config) is the s the student samples with (LoRA: `guidance_max`,
-its one training scale). The contract attributes follow from it: `guidance_scale` (the leaderboard's guidance
-column) and `teacher_guidance_scale` (the control's and the DPM-Solver++ rows' CFG) are both that sampling s.
+its one training scale). The contract attributes follow from it: `teacher_guidance_scale` (the control's and the
+DPM-Solver++ rows' CFG) is that s; `guidance_scale` (the leaderboard's guidance column) is that s for the
+ω-conditioned student and 0 for LoRA, whose one scale is distilled into its weights.
 
 Loss keys logged: `consistency`, and `refl` with reward feedback (`reward`, `reward_weight`, `reward_t_range`,
 `reward_margin`: ReFL on the student's consistency output at a timestep in the range, fastgen/methods/feedback.py,
