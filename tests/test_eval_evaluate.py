@@ -59,6 +59,19 @@ def test_a_checkpoint_of_a_moved_method_class_finds_it(tmp_path):
     assert all(get_class(new) for new in MOVED_TARGETS.values())
 
 
+def test_a_checkpoint_from_a_gone_checkout_finds_the_shipped_assets_here(tmp_path):
+    """A run's config holds the shipped teacher's absolute path in the checkout that trained it; once that checkout
+    is gone the path points into this one. Paths that exist, or that name no shipped asset, stay as they are."""
+    from fastgen.runtime.config import ASSETS
+
+    gone = "/nowhere/old-checkout/fastgen/assets/mnist_teacher"
+    kept = str(tmp_path)
+    config = checkpoint_config(tmp_path / "last.ckpt", {"fastgen_config": {"model": {
+        "pretrained": gone, "cache_dir": kept, "other": "/nowhere/fastgen/assets/no_such_asset"}}})
+    assert config["model"] == {"pretrained": str(ASSETS / "mnist_teacher"), "cache_dir": kept,
+                               "other": "/nowhere/fastgen/assets/no_such_asset"}
+
+
 def test_doctor_lists_assets_and_the_keys_to_set(tmp_path, capsys):
     from fastgen.doctor import report
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fastgen.runtime.build import build_from_config
+from fastgen.runtime.config import ASSETS
 from fastgen.core.files import read_checkpoint_header
 
 
@@ -31,7 +32,18 @@ def checkpoint_config(ckpt_path, checkpoint):
     method = config.get("method") or {}
     if method.get("_target_") in MOVED_TARGETS:
         method["_target_"] = MOVED_TARGETS[method["_target_"]]
+    relocate_shipped_assets(config.get("model") or {})
     return config
+
+
+def relocate_shipped_assets(model: dict) -> None:
+    """Paths into the shipped `fastgen/assets/` of the checkout that trained the run (its resolved config holds them
+    absolute) point into this checkout's when that one is gone: a moved or re-cloned checkout still loads the run."""
+    for key, value in model.items():
+        if isinstance(value, str) and "/fastgen/assets/" in value and not Path(value).exists():
+            here = ASSETS / value.split("/fastgen/assets/", 1)[1]
+            if here.exists():
+                model[key] = str(here)
 
 
 def _run_folder_config(ckpt_path):
