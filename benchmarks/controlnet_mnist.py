@@ -24,6 +24,7 @@ import torch
 from hydra.utils import instantiate
 from torchvision.utils import make_grid, save_image
 
+from fastgen.core.files import atomic_path, write_text_atomic
 from fastgen.data.controls import control_iou, control_map
 from fastgen.data.mnist import MNISTDataModule, digit_prompt
 from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
@@ -97,11 +98,12 @@ def main():
                                  prompt_accuracy=(pred == labels).float().mean().item(),
                                  seconds=round(time.time() - t0, 1)))
                 print(rows[-1], flush=True)
-                pd.DataFrame(rows).to_csv(out / "controlnet_mnist.csv", index=False, float_format="%.3f")
+                write_text_atomic(out / "controlnet_mnist.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.3f"))
                 if steps == min(step_counts):
                     picture.append(x[:8])
     grid = make_grid(torch.cat(picture) * 0.5 + 0.5, nrow=8, padding=2, pad_value=0.5)
-    save_image(grid, out / "controlnet_mnist.png")
+    with atomic_path(out / "controlnet_mnist.png", suffix=".png") as tmp:
+        save_image(grid, tmp)
 
 
 if __name__ == "__main__":

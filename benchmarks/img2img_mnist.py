@@ -20,6 +20,7 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 from torchvision.utils import make_grid, save_image
 
+from fastgen.core.files import atomic_path, write_text_atomic
 from fastgen.data.mnist import MNISTDataModule, digit_prompt
 from fastgen.eval.evaluator.checkpoint import method_from_checkpoint
 from fastgen.eval.models.digit_classifier import load_classifier, predict
@@ -59,6 +60,8 @@ def main():
     parser.add_argument("--name", default="img2img_mnist", help="basename of the CSV and PNG written")
     parser.add_argument("--seed", type=int, default=0, help="sample i: the evaluation's noise of index i at this seed")
     args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     dm = MNISTDataModule()
     dm.setup()
@@ -87,12 +90,12 @@ def main():
                              ssim=ssim(x, x0, data_range=2.0).item(), l1=(x - x0).abs().mean().item(),
                              seconds=round(time.time() - t0, 1)))
             print(rows[-1], flush=True)
-            pd.DataFrame(rows).to_csv(Path(args.out) / f"{args.name}.csv", index=False, float_format="%.3f")
+            write_text_atomic(out / f"{args.name}.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.3f"))
             if steps == min(args.steps) or steps == min(args.teacher_steps, default=None):
                 picture.append(x[:8])
-    out = Path(args.out)
     grid = make_grid(torch.cat([p.cpu() for p in picture]) * 0.5 + 0.5, nrow=8, padding=2, pad_value=0.5)
-    save_image(grid, out / f"{args.name}.png")
+    with atomic_path(out / f"{args.name}.png", suffix=".png") as tmp:
+        save_image(grid, tmp)
 
 
 if __name__ == "__main__":
