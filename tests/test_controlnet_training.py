@@ -149,6 +149,20 @@ def test_ufogen_trains_only_its_controlnet_and_round_trips(experiment_cfg, tmp_p
     assert (sample_pixels(trained, ["a handwritten digit seven"], torch.arange(1), 2, seed=0) - ours).abs().max() > 1e-3
 
 
+def test_a_controlnet_run_counts_its_own_images_not_the_generators(experiment_cfg, tmp_path):
+    """The generator checkpoint's counters (30 kimg seen, 940 steps) are the generator's history: the ControlNet's
+    run starts from 0, so trainer.max_kimg budgets its own training (with the generator's count it stopped at once)."""
+    ckpt = tmp_path / "ufogen.ckpt"
+    generator_checkpoint(experiment_cfg("ufogen_mnist", "method.eval_teacher=false"), ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    saved["state_dict"]["images_seen"], saved["state_dict"]["train_steps"] = torch.tensor(30000), torch.tensor(940)
+    torch.save(saved, ckpt)
+    cfg = experiment_cfg("controlnet_ufogen_mnist", f"method.controlnet.generator_ckpt={ckpt}", "trainer.max_steps=-1",
+                         "trainer.max_kimg=0.008")  # two training steps at debug=fast's batch of 4
+    trained = run(cfg)
+    assert trained.images_seen.item() == 8 and trained.train_steps.item() == 2
+
+
 def test_lcm_distils_its_controlnet_from_the_controlled_teacher(experiment_cfg, tmp_path):
     base = experiment_cfg("lcm_mnist", "method.export_dir=null")
     ckpt = tmp_path / "lcm.ckpt"

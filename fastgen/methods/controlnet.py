@@ -82,7 +82,8 @@ def _set(module, path, value):
 
 
 def load_generator(method, ckpt) -> None:
-    """Load a trained checkpoint of this method (its state dict, strictly) into `method`: the generator to freeze."""
+    """Load a trained checkpoint of this method (its state dict, strictly) into `method`: the generator to freeze;
+    its training counters start again at 0 (`trainer.max_kimg` budgets the ControlNet's own images)."""
     from fastgen.core.files import read_checkpoint_header
 
     if not Path(ckpt).is_file():
@@ -93,6 +94,9 @@ def load_generator(method, ckpt) -> None:
     except RuntimeError as e:
         raise ValueError(f"method.controlnet.generator_ckpt={ckpt} is not a checkpoint of this method and model: "
                          f"{str(e).splitlines()[0]}") from None
+    for counter in ("images_seen", "train_steps"):  # the generator's history: the ControlNet's run counts its own
+        if hasattr(method, counter):
+            getattr(method, counter).zero_()
 
 
 def add_controlnet(method, generator_ckpt=None, init=None, conditioning_channels: int = 1, teacher_controlnet=None,
